@@ -1,0 +1,80 @@
+"""agentrt: an async runtime that lets agent applications learn from their own executions.
+
+The public API is what this module exports; plugin authors also use :mod:`agentrt.plugins`.
+Everything else is internal and may change without notice.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from agentrt.config import AgentRTConfig, load_config
+from agentrt.errors import (
+    AgentRTError,
+    ArtifactIntegrityError,
+    BackpressureError,
+    ConfigError,
+    InvalidInputError,
+    PluginError,
+    PluginNotFoundError,
+    PolicyError,
+    SchemaOutdatedError,
+    StorageError,
+    UnknownActionError,
+    UnknownDecisionError,
+)
+from agentrt.schemas import (
+    Decision,
+    Episode,
+    Experience,
+    Feedback,
+    Knowledge,
+    PolicyVersion,
+    StrategyUpdate,
+)
+from agentrt.types import (
+    Analyzer,
+    ExperienceBatch,
+    ExplorationStrategy,
+    Learner,
+    Processor,
+    Rollout,
+    Validator,
+)
+
+try:
+    __version__ = version("agentrt")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0"
+
+__all__ = [
+    "AgentRTConfig",
+    "AgentRTError",
+    "Analyzer",
+    "ArtifactIntegrityError",
+    "BackpressureError",
+    "ConfigError",
+    "Decision",
+    "Episode",
+    "Experience",
+    "ExperienceBatch",
+    "ExplorationStrategy",
+    "Feedback",
+    "InvalidInputError",
+    "Knowledge",
+    "Learner",
+    "PluginError",
+    "PluginNotFoundError",
+    "PolicyError",
+    "PolicyVersion",
+    "Processor",
+    "Rollout",
+    "SchemaOutdatedError",
+    "StorageError",
+    "StrategyUpdate",
+    "UnknownActionError",
+    "UnknownDecisionError",
+    "Validator",
+    "__version__",
+    "load_config",
+]

@@ -1,0 +1,28 @@
+"""The ``agentrt`` command line: one module per command group."""
+
+from __future__ import annotations
+
+import typer
+
+from agentrt.cli import config as config_commands
+from agentrt.cli import db as db_commands
+from agentrt.cli import demo as demo_commands
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="agentrt",
+    help="agentrt: agents that learn from their own executions.\n\n"
+    "Example: agentrt config validate config/agentrt.yaml",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(config_commands.app, name="config")
+app.add_typer(db_commands.app, name="db")
+app.command("demo")(demo_commands.demo)
+
+
+def main() -> None:
+    """Entry point of the ``agentrt`` console script."""
+    app()

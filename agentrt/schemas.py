@@ -1,0 +1,152 @@
+"""The typed objects that stages exchange and that the database stores.
+
+Field names match the column names of the tables and of the ``experience`` view, so a row
+read with SQL and an object read through the API say the same thing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from agentrt.clock import utcnow
+
+__all__ = [
+    "ContextValue",
+    "Decision",
+    "DecisionMode",
+    "Episode",
+    "Experience",
+    "Feedback",
+    "Knowledge",
+    "PolicyStatus",
+    "PolicyVersion",
+    "StrategyUpdate",
+]
+
+ContextValue = float | int | str | bool | None | list[float | int | str | bool]
+DecisionMode = Literal["live", "shadow", "deferred"]
+PolicyStatus = Literal["candidate", "canary", "active", "retired", "rejected", "failed"]
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Decision(_Payload):
+    """One decision: what was chosen, with which probability, by which policy.
+
+    ``propensity`` is the probability with which ``action`` was chosen and ``probabilities``
+    the whole distribution over ``actions``; both are None for executions recorded without a
+    known propensity. In shadow mode ``action`` is what the application did and
+    ``policy_action`` what the policy would have done.
+    """
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    agent_id: str
+    action: str
+    action_index: int
+    actions: tuple[str, ...]
+    context: dict[str, ContextValue] = {}
+    propensity: float | None = None
+    probabilities: tuple[float, ...] | None = None
+    policy_version: int | None = None
+    exploration: dict[str, Any] | None = None
+    mode: DecisionMode = "live"
+    episode_id: uuid.UUID | None = None
+    step: int | None = None
+    policy_action: str | None = None
+    created_at: AwareDatetime = Field(default_factory=utcnow)
+
+
+class Feedback(_Payload):
+    """A reward for a decision (``kind="reward"``) or the activation of a deferred one."""
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    decision_id: uuid.UUID
+    kind: Literal["reward", "activation"] = "reward"
+    reward: float | None = None
+    outcome: dict[str, Any] | None = None
+    source: str | None = None
+    created_at: AwareDatetime = Field(default_factory=utcnow)
+
+
+class Episode(_Payload):
+    """A multi-step task: its return, length and how it ended."""
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    agent_id: str
+    started_at: AwareDatetime
+    ended_at: AwareDatetime | None = None
+    status: Literal["running", "completed", "failed"] = "completed"
+    episode_return: float | None = None
+    length: int = 0
+    error: str | None = None
+
+
+class Experience(_Payload):
+    """One row of the ``experience`` view: a decision with its combined reward."""
+
+    decision_id: uuid.UUID
+    agent_id: str
+    episode_id: uuid.UUID | None
+    step: int | None
+    created_at: datetime
+    mode: DecisionMode
+    context: dict[str, ContextValue]
+    actions: tuple[str, ...]
+    action: str
+    action_index: int
+    propensity: float | None
+    probabilities: tuple[float, ...] | None
+    policy_version: int | None
+    exploration: dict[str, Any] | None
+    policy_action: str | None
+    reward: float | None
+    outcome: dict[str, Any] | None
+    feedback_count: int
+    rewarded_at: datetime | None
+    activated_at: datetime | None
+
+
+class Knowledge(_Payload):
+    """One finding of the KnowledgeExtractor about a window of experience."""
+
+    agent_id: str
+    kind: str
+    payload: dict[str, Any]
+    window_start: AwareDatetime | None = None
+    window_end: AwareDatetime | None = None
+    created_at: AwareDatetime = Field(default_factory=utcnow)
+
+
+class PolicyVersion(_Payload):
+    """A versioned policy with its artifact (safetensors bytes) and checksum."""
+
+    agent_id: str
+    version: int
+    learner: str
+    artifact: bytes
+    sha256: str
+    parent_version: int | None = None
+    status: PolicyStatus = "candidate"
+    status_reason: str | None = None
+    metrics: dict[str, Any] = {}
+    validation: dict[str, Any] | None = None
+    artifact_metadata: dict[str, Any] = {}
+    created_at: AwareDatetime = Field(default_factory=utcnow)
+    activated_at: AwareDatetime | None = None
+
+
+class StrategyUpdate(_Payload):
+    """A change of an agent's strategy: the strategy before, after, and why."""
+
+    agent_id: str
+    kind: str
+    previous: dict[str, Any]
+    updated: dict[str, Any]
+    details: dict[str, Any] = {}
+    created_at: AwareDatetime = Field(default_factory=utcnow)

@@ -1,0 +1,241 @@
+"""The named queries agentrt needs. Each receives a session; none creates one.
+
+Inserts of experience are idempotent by id (``ON CONFLICT DO NOTHING`` on both SQLite and
+PostgreSQL), so a batch retried after a failure never duplicates a row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Table, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from agentrt.clock import utcnow
+from agentrt.config import AgentConfig
+from agentrt.schemas import (
+    Decision,
+    Episode,
+    Experience,
+    Feedback,
+    Knowledge,
+    PolicyStatus,
+    PolicyVersion,
+    StrategyUpdate,
+)
+from agentrt.storage.tables import (
+    AgentRow,
+    DecisionRow,
+    EpisodeRow,
+    FeedbackRow,
+    KnowledgeRow,
+    MetricRow,
+    PolicyVersionRow,
+    StrategyUpdateRow,
+    experience_view,
+)
+
+__all__ = [
+    "active_policy_version",
+    "append_strategy_update",
+    "fetch_experience",
+    "insert_decisions",
+    "insert_episodes",
+    "insert_feedback",
+    "insert_knowledge",
+    "list_policy_versions",
+    "load_policy_version",
+    "next_policy_version",
+    "record_metric",
+    "set_policy_status",
+    "store_policy_version",
+    "upsert_agents",
+]
+
+
+async def _insert_ignoring_duplicates(
+    session: AsyncSession, table: Table, rows: Sequence[Mapping[str, Any]]
+) -> None:
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    builder = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = builder(table).on_conflict_do_nothing(index_elements=["id"])
+    await session.execute(statement, list(rows))
+
+
+async def insert_decisions(session: AsyncSession, decisions: Sequence[Decision]) -> None:
+    """Insert decisions; ids already stored are skipped."""
+    rows = [decision.model_dump() for decision in decisions]
+    await _insert_ignoring_duplicates(session, DecisionRow.__table__, rows)  # type: ignore[arg-type]
+
+
+async def insert_feedback(session: AsyncSession, feedback: Sequence[Feedback]) -> None:
+    """Insert rewards and activations; ids already stored are skipped."""
+    rows = [item.model_dump() for item in feedback]
+    await _insert_ignoring_duplicates(session, FeedbackRow.__table__, rows)  # type: ignore[arg-type]
+
+
+async def insert_episodes(session: AsyncSession, episodes: Sequence[Episode]) -> None:
+    """Insert finished episodes; ids already stored are skipped."""
+    rows = [episode.model_dump() for episode in episodes]
+    await _insert_ignoring_duplicates(session, EpisodeRow.__table__, rows)  # type: ignore[arg-type]
+
+
+async def upsert_agents(session: AsyncSession, agents: Mapping[str, AgentConfig]) -> None:
+    """Store each configured agent and its reward rule (read by the ``experience`` view)."""
+    for agent_id, agent in agents.items():
+        row = await session.get(AgentRow, agent_id)
+        config = agent.model_dump(mode="json")
+        if row is None:
+            session.add(
+                AgentRow(agent_id=agent_id, reward_combine=agent.reward.combine, config=config)
+            )
+        elif row.reward_combine != agent.reward.combine or row.config != config:
+            row.reward_combine = agent.reward.combine
+            row.config = config
+            row.updated_at = utcnow()
+    await session.flush()
+
+
+async def fetch_experience(
+    session: AsyncSession,
+    agent_id: str,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int | None = None,
+    rewarded_only: bool = False,
+) -> list[Experience]:
+    """Decisions of one agent with their combined rewards, oldest first.
+
+    Args:
+        session: an open session.
+        agent_id: the agent.
+        since: only decisions created at or after this time.
+        until: only decisions created before this time.
+        limit: at most this many rows, the newest ones when set.
+        rewarded_only: only decisions with at least one reward.
+    """
+    view = experience_view
+    query = select(view).where(view.c.agent_id == agent_id)
+    if since is not None:
+        query = query.where(view.c.created_at >= since)
+    if until is not None:
+        query = query.where(view.c.created_at < until)
+    if rewarded_only:
+        query = query.where(view.c.feedback_count > 0)
+    if limit is not None:
+        newest = query.order_by(view.c.created_at.desc(), view.c.decision_id.desc()).limit(limit)
+        rows = list((await session.execute(newest)).mappings())
+        rows.reverse()
+    else:
+        ordered = query.order_by(view.c.created_at, view.c.decision_id)
+        rows = list((await session.execute(ordered)).mappings())
+    return [Experience.model_validate(dict(row)) for row in rows]
+
+
+async def next_policy_version(session: AsyncSession, agent_id: str) -> int:
+    """The number the agent's next policy version gets (1 for the first)."""
+    query = select(func.max(PolicyVersionRow.version)).where(PolicyVersionRow.agent_id == agent_id)
+    current = (await session.execute(query)).scalar_one_or_none()
+    return (current or 0) + 1
+
+
+async def store_policy_version(session: AsyncSession, policy: PolicyVersion) -> None:
+    """Store a policy version (its ``agent_id`` and ``version`` must be new)."""
+    session.add(PolicyVersionRow(**policy.model_dump()))
+    await session.flush()
+
+
+def _policy(row: PolicyVersionRow) -> PolicyVersion:
+    return PolicyVersion.model_validate(
+        {column: getattr(row, column) for column in PolicyVersion.model_fields}
+    )
+
+
+async def load_policy_version(
+    session: AsyncSession, agent_id: str, version: int
+) -> PolicyVersion | None:
+    """One version of an agent's policy, or None."""
+    query = select(PolicyVersionRow).where(
+        PolicyVersionRow.agent_id == agent_id, PolicyVersionRow.version == version
+    )
+    row = (await session.execute(query)).scalar_one_or_none()
+    return None if row is None else _policy(row)
+
+
+async def active_policy_version(session: AsyncSession, agent_id: str) -> PolicyVersion | None:
+    """The agent's active version, or None while its baseline serves."""
+    query = (
+        select(PolicyVersionRow)
+        .where(PolicyVersionRow.agent_id == agent_id, PolicyVersionRow.status == "active")
+        .order_by(PolicyVersionRow.activated_at.desc(), PolicyVersionRow.version.desc())
+        .limit(1)
+    )
+    row = (await session.execute(query)).scalar_one_or_none()
+    return None if row is None else _policy(row)
+
+
+async def list_policy_versions(session: AsyncSession, agent_id: str) -> list[PolicyVersion]:
+    """Every version of an agent's policy, oldest first."""
+    query = (
+        select(PolicyVersionRow)
+        .where(PolicyVersionRow.agent_id == agent_id)
+        .order_by(PolicyVersionRow.version)
+    )
+    return [_policy(row) for row in (await session.execute(query)).scalars()]
+
+
+async def set_policy_status(
+    session: AsyncSession,
+    agent_id: str,
+    version: int,
+    status: PolicyStatus,
+    reason: str | None = None,
+) -> None:
+    """Change a version's status; activating one records when."""
+    values: dict[str, Any] = {"status": status, "status_reason": reason}
+    if status == "active":
+        values["activated_at"] = utcnow()
+    statement = (
+        update(PolicyVersionRow)
+        .where(PolicyVersionRow.agent_id == agent_id, PolicyVersionRow.version == version)
+        .values(**values)
+    )
+    await session.execute(statement)
+
+
+async def append_strategy_update(session: AsyncSession, update_: StrategyUpdate) -> int:
+    """Append a strategy update and return its id."""
+    row = StrategyUpdateRow(**update_.model_dump())
+    session.add(row)
+    await session.flush()
+    return row.id
+
+
+async def insert_knowledge(session: AsyncSession, items: Sequence[Knowledge]) -> None:
+    """Append knowledge rows."""
+    session.add_all(KnowledgeRow(**item.model_dump()) for item in items)
+    await session.flush()
+
+
+async def record_metric(
+    session: AsyncSession,
+    name: str,
+    value: float | None,
+    *,
+    agent_id: str | None = None,
+    stage: str | None = None,
+    details: Mapping[str, Any] | None = None,
+) -> None:
+    """Append one operational measurement to ``metrics``."""
+    session.add(
+        MetricRow(
+            name=name, value=value, agent_id=agent_id, stage=stage, details=dict(details or {})
+        )
+    )
+    await session.flush()

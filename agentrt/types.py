@@ -1,0 +1,90 @@
+"""Shared aliases and the Protocols that plugins implement. Nothing else lives here."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+    from agentrt.schemas import Decision, Episode, Experience, Feedback, Knowledge
+
+__all__ = [
+    "PLUGIN_KINDS",
+    "Analyzer",
+    "ExperienceBatch",
+    "ExplorationStrategy",
+    "Learner",
+    "PluginKind",
+    "Processor",
+    "Rollout",
+    "Validator",
+]
+
+PluginKind = Literal["processor", "analyzer", "learner", "validator", "exploration", "rollout"]
+PLUGIN_KINDS: tuple[PluginKind, ...] = (
+    "processor",
+    "analyzer",
+    "learner",
+    "validator",
+    "exploration",
+    "rollout",
+)
+
+
+class ExperienceBatch(NamedTuple):
+    """What the collector writes in one transaction."""
+
+    decisions: Sequence[Decision]
+    feedback: Sequence[Feedback]
+    episodes: Sequence[Episode]
+
+
+@runtime_checkable
+class Processor(Protocol):
+    """Transforms experience in the collector task, before it is written."""
+
+    def process(self, batch: ExperienceBatch) -> ExperienceBatch: ...
+
+
+@runtime_checkable
+class Analyzer(Protocol):
+    """Finds knowledge (statistics, trends, anomalies, patterns) in a window of experience."""
+
+    def analyze(self, agent_id: str, rows: Sequence[Experience]) -> list[Knowledge]: ...
+
+
+@runtime_checkable
+class ExplorationStrategy(Protocol):
+    """Turns action scores into the probability of choosing each offered action.
+
+    ``allowed`` marks the actions that may be chosen in this call; the probabilities of the
+    others must be exactly zero, and the result must sum to one.
+    """
+
+    def probabilities(
+        self, scores: npt.NDArray[np.float64], allowed: npt.NDArray[np.bool_]
+    ) -> npt.NDArray[np.float64]: ...
+
+
+@runtime_checkable
+class Learner(Protocol):
+    """Trains a candidate policy from logged experience."""
+
+    name: str
+
+
+@runtime_checkable
+class Validator(Protocol):
+    """Decides whether a candidate policy may go live."""
+
+    name: str
+
+
+@runtime_checkable
+class Rollout(Protocol):
+    """Decides how a validated candidate becomes the active policy."""
+
+    name: str
