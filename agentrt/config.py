@@ -11,6 +11,7 @@ import difflib
 import math
 import os
 import re
+import typing
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -141,7 +142,7 @@ _DRIVERS = {
 def _normalise_url(value: str) -> str:
     try:
         url = make_url(value)
-    except ArgumentError as exc:
+    except (ArgumentError, ValueError) as exc:
         raise ValueError("must be a database URL such as sqlite:///agentrt.db") from exc
     driver = _DRIVERS.get(url.drivername)
     if driver is None:
@@ -596,7 +597,9 @@ def load_config(
     try:
         config = AgentRTConfig.model_validate(resolved)
     except ValidationError as exc:
-        issues.extend(_issue_from_error(error) for error in exc.errors())
+        unresolved = {issue.path for issue in issues}
+        found = (_issue_from_error(error) for error in exc.errors())
+        issues.extend(issue for issue in found if issue.path not in unresolved)
     issues.extend(_cross_reference_issues(resolved))
     if issues:
         raise ConfigError(_dedupe(issues), origin)
@@ -726,11 +729,13 @@ def _child_model(model: Any, part: int | str) -> Any:
 def _unwrap(annotation: Any) -> Any:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
+    if typing.get_origin(annotation) in (dict, list):
+        return annotation  # the next path part is a key or an index into it
     for arg in getattr(annotation, "__args__", ()):
         found = _unwrap(arg)
         if found is not None:
             return found
-    return annotation if getattr(annotation, "__args__", None) else None
+    return None
 
 
 def _element_model(container: Any) -> Any:
@@ -751,7 +756,7 @@ def mask_url(url: str) -> str:
     """Return a database URL with its password replaced by ``***``."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
@@ -765,7 +770,9 @@ def masked_dump(config: AgentRTConfig) -> dict[str, Any]:
 def _mask_secrets(tree: Any) -> Any:
     if isinstance(tree, dict):
         return {
-            key: "***" if _SECRET_KEYS.search(str(key)) and value else _mask_secrets(value)
+            key: "***"
+            if _SECRET_KEYS.search(str(key)) and isinstance(value, str) and value
+            else _mask_secrets(value)
             for key, value in tree.items()
         }
     if isinstance(tree, list):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from datetime import timedelta
+from decimal import Decimal
 
 __all__ = ["format_duration", "parse_duration"]
 
@@ -19,6 +20,7 @@ _UNITS: dict[str, float] = {
     "d": 86400.0,
     "w": 604800.0,
 }
+_MICROS = {unit: round(factor * 1_000_000) for unit, factor in _UNITS.items()}
 _PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|µs|ms|s|min|m|h|d|w)?\s*$")
 _HINT = "must be a duration such as 100ms, 30s, 5m, 2h or 30d"
 
@@ -30,8 +32,10 @@ def parse_duration(value: object) -> timedelta:
         ValueError: the value is not a non-negative duration; the message says what is accepted.
     """
     if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, bool):
+        if value < timedelta(0):
+            raise ValueError(_HINT + " (not negative)")
+        return value
+    if isinstance(value, bool):
         raise ValueError(_HINT)
     elif isinstance(value, int | float):
         seconds = float(value)
@@ -39,17 +43,24 @@ def parse_duration(value: object) -> timedelta:
         match = _PATTERN.match(value)
         if match is None:
             raise ValueError(_HINT)
-        seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
+        micros = Decimal(match.group(1)) * Decimal(_MICROS[match.group(2) or "s"])
+        try:
+            return timedelta(microseconds=int(micros.to_integral_value()))
+        except OverflowError:
+            raise ValueError(_HINT + " (at most 999999999 days)") from None
     else:
         raise ValueError(_HINT)
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError(_HINT + " (not negative)")
-    return timedelta(seconds=seconds)
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise ValueError(_HINT + " (at most 999999999 days)") from None
 
 
 def format_duration(value: timedelta) -> str:
     """Render a duration in the largest unit that divides it exactly (``30d``, ``100ms``)."""
-    micros = round(value.total_seconds() * 1e6)
+    micros = value // timedelta(microseconds=1)
     if micros == 0:
         return "0s"
     for unit, factor in (

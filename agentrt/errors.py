@@ -108,7 +108,16 @@ class BackpressureError(AgentRTError):
 
 
 class StorageError(AgentRTError):
-    """The database could not be reached or refused an operation."""
+    """The database could not be reached or refused an operation.
+
+    Attributes:
+        transient: True when retrying may succeed (a lost connection, a lock timeout), False
+            when it cannot (a constraint violation, invalid SQL).
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class SchemaOutdatedError(StorageError):

@@ -7,6 +7,7 @@ passed to whatever needs it. Driver errors are translated to :class:`StorageErro
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from functools import partial
@@ -15,7 +16,14 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import (
+    DBAPIError,
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -78,19 +86,64 @@ class Database:
         return f"Database({self.masked_url!r})"
 
 
+def _driver_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
+    """(errors worth retrying, errors that retrying cannot fix) raised by the raw drivers."""
+    transient: list[type[BaseException]] = [OSError, TimeoutError, sqlite3.OperationalError]
+    permanent: list[type[BaseException]] = [sqlite3.Error]
+    try:
+        import asyncpg
+    except ImportError:  # the postgres extra is not installed
+        pass
+    else:
+        transient += [
+            asyncpg.PostgresConnectionError,
+            asyncpg.InterfaceError,
+            asyncpg.CannotConnectNowError,
+            asyncpg.TooManyConnectionsError,
+            asyncpg.AdminShutdownError,
+            asyncpg.ConnectionDoesNotExistError,
+        ]
+        permanent.append(asyncpg.PostgresError)
+    return tuple(transient), tuple(permanent)
+
+
+_TRANSIENT_DRIVER, _PERMANENT_DRIVER = _driver_errors()
+_TRANSLATED: tuple[type[BaseException], ...] = (
+    SQLAlchemyError,
+    *_TRANSIENT_DRIVER,
+    *_PERMANENT_DRIVER,
+)
+_TRANSIENT_SQLALCHEMY = (OperationalError, InterfaceError, DisconnectionError, SATimeoutError)
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    detail = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    if isinstance(detail, _TRANSIENT_DRIVER) or isinstance(exc, _TRANSIENT_SQLALCHEMY):
+        return True
+    return not isinstance(detail, _PERMANENT_DRIVER) and not isinstance(exc, DBAPIError)
+
+
 @contextmanager
 def storage_errors(masked_url: str) -> Iterator[None]:
-    """Translate driver and SQLAlchemy errors into :class:`StorageError` (URL masked)."""
+    """Translate driver and SQLAlchemy errors into :class:`StorageError` (URL masked).
+
+    The error's ``transient`` attribute says whether retrying may succeed (a lost connection,
+    a lock timeout) or cannot (a constraint violation, bad SQL).
+    """
     try:
         yield
     except StorageError:
         raise
-    except (SQLAlchemyError, OSError) as exc:
+    except _TRANSLATED as exc:
         detail = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-        first_line = (
-            str(detail).strip().splitlines()[0] if str(detail).strip() else type(detail).__name__
-        )
-        raise StorageError(f"database {masked_url}: {type(detail).__name__}: {first_line}") from exc
+        text = str(detail).strip()
+        first_line = text.splitlines()[0] if text else type(detail).__name__
+        raise StorageError(
+            f"database {masked_url}: {type(detail).__name__}: {first_line}",
+            transient=_is_transient(exc),
+        ) from exc
 
 
 def _create_engine(config: DatabaseConfig) -> AsyncEngine:

@@ -6,6 +6,7 @@ PostgreSQL), so a batch retried after a failure never duplicates a row.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -52,6 +53,7 @@ __all__ = [
     "record_metric",
     "set_policy_status",
     "store_policy_version",
+    "unrewarded_decision_ids",
     "upsert_agents",
 ]
 
@@ -136,6 +138,50 @@ async def fetch_experience(
         ordered = query.order_by(view.c.created_at, view.c.decision_id)
         rows = list((await session.execute(ordered)).mappings())
     return [Experience.model_validate(dict(row)) for row in rows]
+
+
+async def unrewarded_decision_ids(
+    session: AsyncSession,
+    agent_id: str,
+    *,
+    before: datetime,
+    since: datetime | None = None,
+    limit: int = 50_000,
+) -> list[uuid.UUID]:
+    """Decisions of an agent that became countable before ``before`` and have no reward.
+
+    A live or shadow decision counts from its creation, a deferred one from its activation.
+    ``since`` limits the scan to decisions (or activations) at or after that time.
+    """
+    decision, feedback = DecisionRow, FeedbackRow
+    rewarded = (
+        select(feedback.id)
+        .where(feedback.decision_id == decision.id, feedback.kind == "reward")
+        .exists()
+    )
+    activated = select(feedback.id).where(
+        feedback.decision_id == decision.id,
+        feedback.kind == "activation",
+        feedback.created_at < before,
+    )
+    if since is not None:
+        activated = activated.where(feedback.created_at >= since)
+    immediate = select(decision.id).where(
+        decision.agent_id == agent_id,
+        decision.mode != "deferred",
+        decision.created_at < before,
+        ~rewarded,
+    )
+    if since is not None:
+        immediate = immediate.where(decision.created_at >= since)
+    deferred = select(decision.id).where(
+        decision.agent_id == agent_id,
+        decision.mode == "deferred",
+        activated.exists(),
+        ~rewarded,
+    )
+    query = immediate.union_all(deferred).limit(limit)
+    return list((await session.execute(query)).scalars())
 
 
 async def next_policy_version(session: AsyncSession, agent_id: str) -> int:

@@ -1,0 +1,224 @@
+"""Validation of what the application passes in, on the hot path.
+
+Every check raises :class:`InvalidInputError` (or a subclass) naming the argument, the value and
+the rule, so that a bad call fails loudly at its source and never reaches the database.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from agentrt.errors import InvalidInputError, UnknownActionError
+from agentrt.schemas import ContextValue, Decision
+
+__all__ = [
+    "check_actions",
+    "check_context",
+    "check_decision_id",
+    "check_distribution",
+    "check_mask",
+    "check_outcome",
+    "check_propensity",
+    "check_reward",
+]
+
+_SCALARS = (str, int, float)
+
+
+def _finite_scalar(value: object) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, _SCALARS)
+
+
+def check_context(context: object, max_bytes: int) -> dict[str, ContextValue]:
+    """A context as a plain dict of JSON values, or InvalidInputError naming the bad entry."""
+    if not isinstance(context, Mapping):
+        raise InvalidInputError(
+            "context", context, "must be a mapping of names to numbers, booleans, strings or lists"
+        )
+    out: dict[str, ContextValue] = {}
+    for key, value in context.items():
+        if not isinstance(key, str):
+            raise InvalidInputError("context", key, "keys must be strings")
+        if value is None or _finite_scalar(value):
+            out[key] = value
+        elif isinstance(value, list | tuple) and all(_finite_scalar(item) for item in value):
+            out[key] = list(value)
+        else:
+            raise InvalidInputError(
+                f"context[{key!r}]",
+                value,
+                "must be a finite number, a boolean, a string, None, or a list of those",
+            )
+    size = len(json.dumps(out, separators=(",", ":")))
+    if size > max_bytes:
+        raise InvalidInputError(
+            "context",
+            f"<{size} bytes>",
+            f"is larger than runtime.max_context_bytes ({max_bytes}); send less or raise it",
+        )
+    return out
+
+
+def check_outcome(outcome: object, max_bytes: int, field: str = "outcome") -> dict[str, Any] | None:
+    """An outcome mapping that serialises to strict JSON within the size limit."""
+    if outcome is None:
+        return None
+    if not isinstance(outcome, Mapping) or not all(isinstance(k, str) for k in outcome):
+        raise InvalidInputError(field, outcome, "must be a mapping with string keys")
+    try:
+        size = len(json.dumps(outcome, separators=(",", ":"), allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(
+            field, outcome, f"must hold only JSON values (finite numbers, strings, lists...): {exc}"
+        ) from None
+    if size > max_bytes:
+        raise InvalidInputError(
+            field, f"<{size} bytes>", f"is larger than runtime.max_context_bytes ({max_bytes})"
+        )
+    return dict(outcome)
+
+
+def check_reward(reward: object, field: str = "reward") -> float:
+    """A finite reward as a float (booleans count as 1.0 and 0.0)."""
+    if isinstance(reward, bool):
+        return 1.0 if reward else 0.0
+    if not isinstance(reward, int | float):
+        raise InvalidInputError(field, reward, "must be a finite number")
+    value = float(reward)
+    if not math.isfinite(value):
+        raise InvalidInputError(field, reward, "must be a finite number (not NaN or infinite)")
+    return value
+
+
+def check_decision_id(decision: object) -> uuid.UUID:
+    """The id of a Decision, a UUID, or a UUID string."""
+    if isinstance(decision, Decision):
+        return decision.id
+    if isinstance(decision, uuid.UUID):
+        return decision
+    if isinstance(decision, str):
+        try:
+            return uuid.UUID(decision)
+        except ValueError:
+            pass
+    raise InvalidInputError("decision", decision, "must be a Decision, a UUID or a UUID string")
+
+
+def check_actions(agent_id: str, configured: Sequence[str], actions: object) -> tuple[str, ...]:
+    """The actions offered in this call: the per-call list, or the agent's configured ones."""
+    if actions is None:
+        if not configured:
+            raise InvalidInputError(
+                "actions",
+                None,
+                f"agent {agent_id!r} has no configured actions: pass actions=[...] to this call",
+            )
+        return tuple(configured)
+    if isinstance(actions, str) or not isinstance(actions, Sequence):
+        raise InvalidInputError("actions", actions, "must be a list of action names")
+    offered = tuple(actions)
+    if not offered:
+        raise InvalidInputError("actions", actions, "must offer at least one action")
+    for action in offered:
+        if not isinstance(action, str) or not action or len(action) > 128:
+            raise InvalidInputError(
+                "actions", action, "action names must be strings of 1-128 characters"
+            )
+    if len(set(offered)) != len(offered):
+        raise InvalidInputError("actions", actions, "action names must be unique")
+    if configured:
+        unknown = [a for a in offered if a not in configured]
+        if unknown:
+            raise UnknownActionError(
+                "actions",
+                unknown[0],
+                f"is not one of agent {agent_id!r}'s configured actions ({', '.join(configured)})",
+            )
+    return offered
+
+
+def check_mask(mask: object, actions: tuple[str, ...]) -> tuple[bool, ...] | None:
+    """The allowed actions of this call, as one flag per offered action (None: all allowed).
+
+    ``mask`` is either the names of the allowed actions or one boolean per offered action.
+    """
+    if mask is None:
+        return None
+    if isinstance(mask, str) or not isinstance(mask, Sequence):
+        raise InvalidInputError(
+            "mask", mask, "must be a list of allowed action names or of booleans"
+        )
+    items = list(mask)
+    if items and all(isinstance(item, bool) for item in items):
+        if len(items) != len(actions):
+            raise InvalidInputError(
+                "mask", mask, f"must have one boolean per offered action ({len(actions)})"
+            )
+        flags = tuple(items)
+    else:
+        for item in items:
+            if item not in actions:
+                raise UnknownActionError(
+                    "mask", item, f"is not an offered action ({', '.join(actions)})"
+                )
+        allowed = set(items)
+        flags = tuple(action in allowed for action in actions)
+    if not any(flags):
+        raise InvalidInputError("mask", mask, "must allow at least one action")
+    return flags
+
+
+def check_propensity(propensity: object) -> float | None:
+    """A propensity in (0, 1], or None when unknown."""
+    if propensity is None:
+        return None
+    if isinstance(propensity, bool) or not isinstance(propensity, int | float):
+        raise InvalidInputError("propensity", propensity, "must be a number in (0, 1] or None")
+    value = float(propensity)
+    if not (math.isfinite(value) and 0.0 < value <= 1.0):
+        raise InvalidInputError(
+            "propensity", propensity, "must be in (0, 1] (or None when unknown)"
+        )
+    return value
+
+
+def check_distribution(
+    probabilities: object, actions: tuple[str, ...], action_index: int, propensity: float | None
+) -> tuple[float, ...] | None:
+    """A probability vector over the offered actions, consistent with the propensity."""
+    if probabilities is None:
+        return None
+    if isinstance(probabilities, str) or not isinstance(probabilities, Sequence):
+        raise InvalidInputError("probabilities", probabilities, "must be a list of numbers")
+    values = tuple(
+        float(p) if isinstance(p, int | float) and not isinstance(p, bool) else math.nan
+        for p in probabilities
+    )
+    if len(values) != len(actions):
+        raise InvalidInputError(
+            "probabilities", probabilities, f"must have one entry per action ({len(actions)})"
+        )
+    if (
+        not all(math.isfinite(p) and 0.0 <= p <= 1.0 for p in values)
+        or abs(sum(values) - 1.0) > 1e-6
+    ):
+        raise InvalidInputError(
+            "probabilities", probabilities, "must be numbers in [0, 1] that sum to 1"
+        )
+    if values[action_index] <= 0.0:
+        raise InvalidInputError(
+            "probabilities", probabilities, "give the chosen action a probability of zero"
+        )
+    if propensity is not None and abs(values[action_index] - propensity) > 1e-6:
+        raise InvalidInputError(
+            "propensity",
+            propensity,
+            f"differs from probabilities[{action_index}] ({values[action_index]})",
+        )
+    return values

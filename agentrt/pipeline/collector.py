@@ -1,0 +1,437 @@
+"""ExperienceCollector: the hot path's bounded buffer and the batched, durable writes behind it.
+
+The application's calls put records into a bounded anyio memory stream and return (buffered
+mode) or wait for their commit (sync mode). One collector task drains the stream in batches,
+runs the configured processors, and writes each batch in one transaction, idempotently by id.
+
+While the database is unreachable the batch is retried with exponential backoff; when the
+buffer fills up meanwhile, records go to the local spill file (fsynced) and are replayed after
+the database is back. A record the database refuses for good (it should never happen: inputs
+are validated first) is written to a ``rejected-*.jsonl`` file beside the spill files, logged
+and counted. Nothing acknowledged is lost, and nothing is written twice.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import anyio
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from agentrt.errors import BackpressureError, StorageError
+from agentrt.log import get_logger
+from agentrt.pipeline.spill import ExperienceRecord, SpillDirectory, SpillFile
+from agentrt.schemas import Decision, Episode, Feedback
+from agentrt.storage import bulk, repositories
+from agentrt.storage.engine import Database
+from agentrt.types import ExperienceBatch, Processor
+
+__all__ = ["CollectorStats", "ExperienceCollector", "KnownDecisions"]
+
+log = get_logger(__name__)
+
+_BACKOFF_START = 0.05
+_BACKOFF_MAX = 5.0
+
+
+@dataclass
+class CollectorStats:
+    """Counters of the collector since the runtime started."""
+
+    enqueued: int = 0
+    written: int = 0
+    batches: int = 0
+    retries: int = 0
+    spilled: int = 0
+    replayed: int = 0
+    orphan_feedback: int = 0
+    rejected: int = 0
+    processor_errors: int = 0
+
+
+class KnownDecisions:
+    """A bounded memory of recent decision ids and their agents (newest kept)."""
+
+    def __init__(self, capacity: int = 200_000) -> None:
+        self.capacity = capacity
+        self._ids: OrderedDict[uuid.UUID, tuple[str, str]] = OrderedDict()
+
+    def add(self, decision_id: uuid.UUID, agent_id: str, mode: str) -> None:
+        self._ids[decision_id] = (agent_id, mode)
+        if len(self._ids) > self.capacity:
+            self._ids.popitem(last=False)
+
+    def get(self, decision_id: uuid.UUID) -> tuple[str, str] | None:
+        return self._ids.get(decision_id)
+
+    def __contains__(self, decision_id: object) -> bool:
+        return decision_id in self._ids
+
+
+@dataclass(slots=True)
+class _Item:
+    records: Sequence[ExperienceRecord]
+    done: anyio.Event | None = None
+    error: BaseException | None = None
+
+
+@dataclass
+class _Batch:
+    items: list[_Item] = field(default_factory=list)
+
+    @property
+    def records(self) -> list[ExperienceRecord]:
+        return [record for item in self.items for record in item.records]
+
+    @property
+    def urgent(self) -> bool:
+        """Someone waits on this batch (sync mode or a flush): write without delay."""
+        return any(item.done is not None for item in self.items)
+
+    def settle(self, error: BaseException | None = None) -> None:
+        for item in self.items:
+            if item.done is not None:
+                item.error = error
+                item.done.set()
+
+
+class ExperienceCollector:
+    """Buffers experience from the hot path and writes it in batches.
+
+    Args:
+        db: the database.
+        buffer_size: records held in memory before backpressure applies.
+        batch_size: most records written in one transaction.
+        flush_interval: longest a buffered record waits before its batch is written (seconds).
+        backpressure: ``block`` waits for room when the buffer is full, ``error`` raises
+            :class:`BackpressureError`.
+        spill: where records go while the database is unreachable and the buffer is full.
+        processors: run on every batch, in order, before it is written.
+        known: recent decision ids, shared with the runtime (for orphan detection).
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        buffer_size: int,
+        batch_size: int,
+        flush_interval: float,
+        backpressure: Literal["block", "error"],
+        spill: SpillDirectory,
+        processors: Sequence[Processor] = (),
+        known: KnownDecisions | None = None,
+    ) -> None:
+        self.db = db
+        self.buffer_size = buffer_size
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.backpressure = backpressure
+        self.spill = spill
+        self.rejected = SpillFile(spill.directory / f"rejected-{spill.current.path.stem[6:]}.jsonl")
+        self.processors = list(processors)
+        self.known = known if known is not None else KnownDecisions()
+        self.stats = CollectorStats()
+        self._send: MemoryObjectSendStream[_Item]
+        self._receive: MemoryObjectReceiveStream[_Item]
+        self._send, self._receive = anyio.create_memory_object_stream[_Item](buffer_size)
+        self._outage_since: float | None = None
+        self._closing = False
+
+    # -- the hot path --------------------------------------------------------------------
+
+    async def submit(self, *records: ExperienceRecord) -> None:
+        """Enqueue records and return (buffered mode)."""
+        item = _Item(records)
+        try:
+            self._send.send_nowait(item)
+        except anyio.WouldBlock:
+            if self.backpressure == "error":
+                raise BackpressureError(
+                    f"the experience buffer is full ({self.buffer_size} records): the database "
+                    "is not keeping up; raise runtime.buffer_size or use backpressure: block"
+                ) from None
+            await self._send.send(item)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            raise StorageError("the runtime is closed: experience is no longer accepted") from None
+        self.stats.enqueued += len(records)
+
+    async def submit_and_wait(self, *records: ExperienceRecord) -> None:
+        """Enqueue records and return once they are committed (or safe in the spill file).
+
+        Concurrent callers share one transaction (group commit).
+
+        Raises:
+            StorageError: the database refused the records for good.
+        """
+        done = anyio.Event()
+        item = _Item(records, done)
+        try:
+            await self._send.send(item)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            raise StorageError("the runtime is closed: experience is no longer accepted") from None
+        self.stats.enqueued += len(records)
+        await done.wait()
+        if item.error is not None:
+            raise item.error
+
+    async def flush(self) -> None:
+        """Return once everything enqueued before this call is written (or spilled)."""
+        await self.submit_and_wait()
+
+    def close(self) -> None:
+        """Accept no more records; the collector drains what is buffered and stops."""
+        self._closing = True
+        self._send.close()
+
+    def _spill_remaining(self) -> int:
+        items: list[_Item] = []
+        while True:
+            try:
+                items.append(self._receive.receive_nowait())
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                break
+        batch = _Batch(items)
+        records = batch.records
+        if records:
+            self._spill(records)
+        batch.settle()
+        return len(records)
+
+    @property
+    def buffered(self) -> int:
+        """Records waiting in memory."""
+        return self._receive.statistics().current_buffer_used
+
+    # -- the collector task --------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Drain the stream until it is closed, then write what is left."""
+        async with self._receive:
+            task_status.started()
+            try:
+                await self._replay_spill()
+                while True:
+                    batch, closed = await self._next_batch()
+                    if batch.items:
+                        await self._write(batch)
+                    if closed:
+                        break
+            except anyio.get_cancelled_exc_class():
+                # Shutdown ran out of time: what is still buffered goes to disk, not away.
+                self._spill_remaining()
+                raise
+
+    async def _next_batch(self) -> tuple[_Batch, bool]:
+        """The next batch: by size, or whatever arrived within the flush interval."""
+        batch = _Batch()
+        try:
+            batch.items.append(await self._receive.receive())
+        except anyio.EndOfStream:
+            return batch, True
+        count = len(batch.items[0].records)
+        deadline = anyio.current_time() + self.flush_interval
+        while count < self.batch_size:
+            try:
+                item = self._receive.receive_nowait()
+            except anyio.EndOfStream:
+                return batch, True
+            except anyio.WouldBlock:
+                if batch.urgent or self._closing:
+                    break
+                try:
+                    waited = await self._receive_until(deadline)
+                except anyio.EndOfStream:
+                    return batch, True
+                if waited is None:
+                    break
+                item = waited
+            batch.items.append(item)
+            count += len(item.records)
+        return batch, False
+
+    async def _receive_until(self, deadline: float) -> _Item | None:
+        with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
+            return await self._receive.receive()
+        return None
+
+    async def _write(self, batch: _Batch) -> None:
+        records = self._process(batch.records)
+        backoff = _BACKOFF_START
+        while True:
+            try:
+                await self._insert(records)
+            except anyio.get_cancelled_exc_class():
+                # Shutdown ran out of time mid-write: keep the batch on disk (replay is idempotent).
+                self._spill(records)
+                batch.settle()
+                raise
+            except StorageError as exc:
+                if not exc.transient:
+                    log.error(
+                        "batch_refused", stage="collector", error=str(exc), records=len(records)
+                    )
+                    await self._insert_one_by_one(records, batch)
+                    return
+                self._note_outage(exc)
+                if self._closing or self.buffered >= self.buffer_size:
+                    self._spill(records)
+                    batch.settle()
+                    return
+                self.stats.retries += 1
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX)
+                continue
+            self.stats.written += len(records)
+            self.stats.batches += 1
+            batch.settle()
+            await self._after_commit(records)
+            return
+
+    def _process(self, records: list[ExperienceRecord]) -> list[ExperienceRecord]:
+        if not self.processors:
+            return records
+        batch = ExperienceBatch(
+            [r for r in records if isinstance(r, Decision)],
+            [r for r in records if isinstance(r, Feedback)],
+            [r for r in records if isinstance(r, Episode)],
+        )
+        for processor in self.processors:
+            try:
+                batch = processor.process(batch)
+            except Exception as exc:  # a plugin may raise anything; the batch must still land
+                self.stats.processor_errors += 1
+                log.error(
+                    "processor_failed",
+                    stage="collector",
+                    processor=type(processor).__name__,
+                    error=repr(exc),
+                    records=len(records),
+                )
+        return [*batch.decisions, *batch.feedback, *batch.episodes]
+
+    async def _insert(self, records: Sequence[ExperienceRecord]) -> None:
+        decisions = [r for r in records if isinstance(r, Decision)]
+        feedback = [r for r in records if isinstance(r, Feedback)]
+        episodes = [r for r in records if isinstance(r, Episode)]
+        await bulk.write_experience(self.db, decisions, feedback, episodes)
+
+    def _note_outage(self, exc: StorageError) -> None:
+        if self._outage_since is None:
+            self._outage_since = anyio.current_time()
+            log.warning("database_unreachable", stage="collector", error=str(exc))
+
+    def _spill(self, records: Sequence[ExperienceRecord]) -> None:
+        self.spill.current.append(records)
+        self.stats.spilled += len(records)
+        log.warning(
+            "experience_spilled",
+            stage="collector",
+            records=len(records),
+            path=str(self.spill.current.path),
+        )
+
+    async def _insert_one_by_one(self, records: Sequence[ExperienceRecord], batch: _Batch) -> None:
+        """Write a refused batch one record at a time; keep the refused ones in a file."""
+        first_error: StorageError | None = None
+        for record in records:
+            try:
+                await self._insert([record])
+                self.stats.written += 1
+            except StorageError as exc:
+                if exc.transient:
+                    self._spill([record])
+                    continue
+                first_error = first_error or exc
+                self.rejected.append([record])
+                self.stats.rejected += 1
+                log.error(
+                    "record_rejected",
+                    stage="collector",
+                    record_id=str(record.id),
+                    kind=type(record).__name__,
+                    error=str(exc),
+                    path=str(self.rejected.path),
+                )
+        batch.settle(first_error)
+
+    async def _after_commit(self, records: Sequence[ExperienceRecord]) -> None:
+        if self._outage_since is not None:
+            seconds = anyio.current_time() - self._outage_since
+            self._outage_since = None
+            log.info("database_reachable", stage="collector", outage_seconds=round(seconds, 3))
+            await self._replay_spill()
+            await self._record_metric("collector_outage_seconds", seconds)
+        orphans = await self._count_orphans(records)
+        if orphans:
+            self.stats.orphan_feedback += orphans
+            log.warning("orphan_feedback", stage="collector", count=orphans)
+            await self._record_metric("orphan_feedback", float(orphans))
+
+    async def _count_orphans(self, records: Sequence[ExperienceRecord]) -> int:
+        for record in records:
+            if isinstance(record, Decision):
+                self.known.add(record.id, record.agent_id, record.mode)
+        unknown = list(
+            {
+                r.decision_id
+                for r in records
+                if isinstance(r, Feedback) and r.decision_id not in self.known
+            }
+        )
+        if not unknown:
+            return 0
+        try:
+            found = await bulk.existing_decision_ids(self.db, unknown)
+        except StorageError as exc:
+            log.warning("orphan_check_failed", stage="collector", error=str(exc))
+            return 0
+        return len(unknown) - len(found)
+
+    async def _record_metric(self, name: str, value: float) -> None:
+        if not math.isfinite(value):
+            return
+        try:
+            async with self.db.session() as session:
+                await repositories.record_metric(session, name, value, stage="collector")
+        except StorageError as exc:
+            log.warning("metric_not_recorded", stage="collector", metric=name, error=str(exc))
+
+    async def _replay_spill(self) -> None:
+        for path in self.spill.pending():
+            with self.spill.claim(path) as records:
+                if records is None:
+                    continue
+                try:
+                    for start in range(0, len(records), self.batch_size):
+                        await self._insert(records[start : start + self.batch_size])
+                except StorageError as exc:
+                    log.warning(
+                        "spill_replay_failed", stage="collector", path=str(path), error=str(exc)
+                    )
+                    return
+                self.spill.remove(path)
+                self.stats.replayed += len(records)
+                log.info("spill_replayed", stage="collector", path=str(path), records=len(records))
+
+
+def default_spill_dir(db: Database, configured: str | None) -> Path:
+    """The spill directory: configured, else beside the SQLite file, else ``.agentrt-spill``."""
+    if configured:
+        return Path(configured)
+    if db.sqlite_path is not None:
+        return db.sqlite_path.with_name(db.sqlite_path.name + ".spill")
+    return Path(".agentrt-spill")
+
+
+def process_owner() -> str:
+    """A spill-file name unique to this process."""
+    return f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
