@@ -6,7 +6,8 @@ Everything else is internal and may change without notice.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _version
 
 from agentrt.config import AgentRTConfig, load_config
 from agentrt.errors import (
@@ -43,8 +44,8 @@ from agentrt.types import (
 )
 
 try:
-    __version__ = version("agentrt")
-except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = _version("agentrt")
+except _PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0"
 
 __all__ = [

@@ -755,7 +755,9 @@ _SECRET_KEYS = re.compile(r"password|secret|token|api_key", re.IGNORECASE)
 def mask_url(url: str) -> str:
     """Return a database URL with its password replaced by ``***``."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
+        secrets = {key: "***" for key in parsed.query if _SECRET_KEYS.search(key)}
+        return parsed.update_query_dict(secrets).render_as_string(hide_password=True)
     except (ArgumentError, ValueError):
         return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
 

@@ -35,11 +35,16 @@ PLUGIN_KINDS: tuple[PluginKind, ...] = (
 
 
 class ExperienceBatch(NamedTuple):
-    """What the collector writes in one transaction."""
+    """What the collector writes in one transaction.
+
+    Processors may change rewards and outcomes, drop records, or add ``knowledge`` rows; they
+    must not change contexts (training must see what the policy saw when it decided).
+    """
 
     decisions: Sequence[Decision]
     feedback: Sequence[Feedback]
     episodes: Sequence[Episode]
+    knowledge: Sequence[Knowledge] = ()
 
 
 @runtime_checkable

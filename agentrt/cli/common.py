@@ -10,6 +10,7 @@ from typing import Annotated, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from agentrt.config import AgentRTConfig, load_config
 from agentrt.errors import AgentRTError, ConfigError
@@ -39,7 +40,7 @@ err_console = Console(stderr=True)
 
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print a one-line reason on stderr and return the exit to raise."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -62,7 +63,7 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
 
 def load(path: Path, *, logging: bool = True) -> AgentRTConfig:
     """Load the configuration; a missing default file means "all defaults"."""
-    if path == DEFAULT_CONFIG and not path.exists() and "AGENTRT_CONFIG" not in os.environ:
+    if path == DEFAULT_CONFIG and not path.exists() and not os.environ.get("AGENTRT_CONFIG"):
         config = load_config(None)
     else:
         config = load_config(path)

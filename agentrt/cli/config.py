@@ -11,7 +11,11 @@ import yaml
 from agentrt.cli.common import DEFAULT_CONFIG, ConfigOption, console, handle_errors, load
 from agentrt.config import mask_url, masked_dump
 
-app = typer.Typer(help="Check and print configuration files.", no_args_is_help=True)
+app = typer.Typer(
+    help="Check and print configuration files.\n\n"
+    "Example: agentrt config validate config/full.yaml",
+    no_args_is_help=True,
+)
 
 FileArgument = Annotated[
     Path | None,
@@ -34,6 +38,7 @@ def validate(file: FileArgument = None, config: ConfigOption = DEFAULT_CONFIG) -
         f"database {mask_url(loaded.database.url)})",
         highlight=False,
         soft_wrap=True,
+        markup=False,
     )
 
 

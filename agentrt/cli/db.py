@@ -13,7 +13,11 @@ from agentrt.cli.common import DEFAULT_CONFIG, ConfigOption, console, handle_err
 from agentrt.storage import migrate
 from agentrt.storage.engine import Database
 
-app = typer.Typer(help="Create, upgrade and inspect the database schema.", no_args_is_help=True)
+app = typer.Typer(
+    help="Create, upgrade and inspect the database schema.\n\n"
+    "Example: agentrt db upgrade --config config/postgres.yaml",
+    no_args_is_help=True,
+)
 
 
 def _migrate(config: Path, step: Callable[[Database], Awaitable[None]]) -> str:
@@ -42,10 +46,10 @@ def upgrade(
     Example: agentrt db upgrade --config config/postgres.yaml
     """
     summary = _migrate(config, lambda db: migrate.upgrade(db, revision))
-    console.print(summary, highlight=False, soft_wrap=True)
+    console.print(summary, highlight=False, soft_wrap=True, markup=False)
 
 
-@app.command()
+@app.command(context_settings={"ignore_unknown_options": True})
 @handle_errors
 def downgrade(
     revision: Annotated[str, typer.Argument(help="Target revision: an id, -1, or base.")],
@@ -56,7 +60,7 @@ def downgrade(
     Example: agentrt db downgrade base
     """
     summary = _migrate(config, lambda db: migrate.downgrade(db, revision))
-    console.print(summary, highlight=False, soft_wrap=True)
+    console.print(summary, highlight=False, soft_wrap=True, markup=False)
 
 
 @app.command()
@@ -81,6 +85,7 @@ def current(config: ConfigOption = DEFAULT_CONFIG) -> None:
         f"{db.masked_url}: revision {revision or 'none'} (head {head}, {state})",
         highlight=False,
         soft_wrap=True,
+        markup=False,
     )
     if revision != head:
         raise typer.Exit(1)

@@ -107,5 +107,7 @@ def demo(
     for row in rows:
         table.add_row(*(str(value) for value in row))
     console.print(table)
-    console.print(f"Stored in {out / 'demo.db'}. Inspect it with SQL, for example:")
-    console.print(f'  sqlite3 {out / "demo.db"} "{QUERY}"', highlight=False, soft_wrap=True)
+    console.print(f"Stored in {out / 'demo.db'}. Inspect it with SQL, for example:", markup=False)
+    console.print(
+        f'  sqlite3 {out / "demo.db"} "{QUERY}"', highlight=False, soft_wrap=True, markup=False
+    )

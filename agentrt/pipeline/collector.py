@@ -29,7 +29,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from agentrt.errors import BackpressureError, StorageError
 from agentrt.log import get_logger
 from agentrt.pipeline.spill import ExperienceRecord, SpillDirectory, SpillFile
-from agentrt.schemas import Decision, Episode, Feedback
+from agentrt.schemas import Decision, Episode, Feedback, Knowledge
 from agentrt.storage import bulk, repositories
 from agentrt.storage.engine import Database
 from agentrt.types import ExperienceBatch, Processor
@@ -145,6 +145,7 @@ class ExperienceCollector:
         self._send, self._receive = anyio.create_memory_object_stream[_Item](buffer_size)
         self._outage_since: float | None = None
         self._closing = False
+        self._knowledge: list[Knowledge] = []
 
     # -- the hot path --------------------------------------------------------------------
 
@@ -307,6 +308,9 @@ class ExperienceCollector:
         for processor in self.processors:
             try:
                 batch = processor.process(batch)
+                if batch.knowledge:
+                    self._knowledge.extend(batch.knowledge)
+                    batch = batch._replace(knowledge=())
             except Exception as exc:  # a plugin may raise anything; the batch must still land
                 self.stats.processor_errors += 1
                 log.error(
@@ -364,6 +368,15 @@ class ExperienceCollector:
         batch.settle(first_error)
 
     async def _after_commit(self, records: Sequence[ExperienceRecord]) -> None:
+        if self._knowledge:
+            pending, self._knowledge = self._knowledge, []
+            try:
+                async with self.db.session() as session:
+                    await repositories.insert_knowledge(session, pending)
+            except StorageError as exc:
+                log.warning(
+                    "knowledge_not_recorded", stage="collector", rows=len(pending), error=str(exc)
+                )
         if self._outage_since is not None:
             seconds = anyio.current_time() - self._outage_since
             self._outage_since = None

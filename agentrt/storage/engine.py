@@ -10,6 +10,7 @@ import json
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,8 @@ def storage_errors(masked_url: str) -> Iterator[None]:
         raise
     except _TRANSLATED as exc:
         detail = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+        # SQLAlchemy's asyncpg adapter wraps the driver's own, more specific error.
+        detail = detail.__cause__ or detail
         text = str(detail).strip()
         first_line = text.splitlines()[0] if text else type(detail).__name__
         raise StorageError(
@@ -171,7 +174,7 @@ def _apply_pragmas(engine: AsyncEngine, config: DatabaseConfig) -> None:
     statements = [
         f"PRAGMA journal_mode={pragmas.journal_mode.upper()}",
         f"PRAGMA synchronous={pragmas.synchronous.upper()}",
-        f"PRAGMA busy_timeout={int(pragmas.busy_timeout.total_seconds() * 1000)}",
+        f"PRAGMA busy_timeout={pragmas.busy_timeout // timedelta(milliseconds=1)}",
         f"PRAGMA foreign_keys={'ON' if pragmas.foreign_keys else 'OFF'}",
     ]
     if pragmas.cache_size is not None:

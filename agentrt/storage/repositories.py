@@ -219,7 +219,9 @@ async def active_policy_version(session: AsyncSession, agent_id: str) -> PolicyV
     query = (
         select(PolicyVersionRow)
         .where(PolicyVersionRow.agent_id == agent_id, PolicyVersionRow.status == "active")
-        .order_by(PolicyVersionRow.activated_at.desc(), PolicyVersionRow.version.desc())
+        .order_by(
+            PolicyVersionRow.activated_at.desc().nulls_last(), PolicyVersionRow.version.desc()
+        )
         .limit(1)
     )
     row = (await session.execute(query)).scalar_one_or_none()
