@@ -85,14 +85,22 @@ class Plugin:
 
 
 # agentrt's own plugins: (kind, name, "module:attr" of the Plugin record). Imported lazily.
-BUILTINS: tuple[tuple[PluginKind, str, str], ...] = ()
+BUILTINS: tuple[tuple[PluginKind, str, str], ...] = (
+    ("processor", "normalization", "agentrt.pipeline.processors:plugins"),
+    ("processor", "feature_extraction", "agentrt.pipeline.processors:plugins"),
+    ("processor", "temporal_aggregation", "agentrt.pipeline.processors:plugins"),
+    ("exploration", "epsilon_greedy", "agentrt.exploration:plugins"),
+    ("exploration", "softmax", "agentrt.exploration:plugins"),
+    ("exploration", "ucb", "agentrt.exploration:plugins"),
+    ("exploration", "thompson", "agentrt.exploration:plugins"),
+)
 
 
 def _import_target(reference: str) -> object:
     module_name, _, attribute = reference.partition(":")
     try:
         target: object = importlib.import_module(module_name)
-    except ImportError as exc:
+    except (ImportError, SyntaxError) as exc:
         raise PluginError(
             f"cannot import plugin module {module_name!r} ({reference}): {exc}"
         ) from exc
@@ -179,9 +187,11 @@ class PluginRegistry:
         reference = self._lazy.get(key)
         if reference is None:
             raise PluginNotFoundError(kind, name, self.names(kind))
-        plugins = [p for p in _as_plugins(_import_target(reference), reference) if p.kind == kind]
-        for loaded in plugins:
-            self._loaded[(loaded.kind, loaded.name)] = loaded
+        for loaded in _as_plugins(_import_target(reference), reference):
+            loaded_key = (loaded.kind, loaded.name)
+            # Only what the built-in table declares for this reference, never over another plugin.
+            if self._lazy.get(loaded_key) == reference and loaded_key not in self._loaded:
+                self._loaded[loaded_key] = loaded
         if key not in self._loaded:
             raise PluginError(f"built-in reference {reference!r} does not define {kind}/{name}")
         return self._loaded[key]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import os
 import uuid
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,12 +61,14 @@ class KnownDecisions:
 
     def __init__(self, capacity: int = 200_000) -> None:
         self.capacity = capacity
-        self._ids: OrderedDict[uuid.UUID, tuple[str, str]] = OrderedDict()
+        # dicts keep insertion order, so the first key is the oldest.
+        self._ids: dict[uuid.UUID, tuple[str, str]] = {}
 
     def add(self, decision_id: uuid.UUID, agent_id: str, mode: str) -> None:
-        self._ids[decision_id] = (agent_id, mode)
-        if len(self._ids) > self.capacity:
-            self._ids.popitem(last=False)
+        ids = self._ids
+        ids[decision_id] = (agent_id, mode)
+        if len(ids) > self.capacity:
+            del ids[next(iter(ids))]
 
     def get(self, decision_id: uuid.UUID) -> tuple[str, str] | None:
         return self._ids.get(decision_id)
@@ -149,18 +150,35 @@ class ExperienceCollector:
 
     # -- the hot path --------------------------------------------------------------------
 
-    async def submit(self, *records: ExperienceRecord) -> None:
-        """Enqueue records and return (buffered mode)."""
-        item = _Item(records)
+    def offer(self, records: tuple[ExperienceRecord, ...]) -> bool:
+        """Enqueue records if there is room now (no await: the cheapest path).
+
+        Returns:
+            False when the buffer is full and ``backpressure`` is ``block`` (call :meth:`submit`).
+
+        Raises:
+            BackpressureError: the buffer is full and ``backpressure`` is ``error``.
+        """
         try:
-            self._send.send_nowait(item)
+            self._send.send_nowait(_Item(records))
         except anyio.WouldBlock:
             if self.backpressure == "error":
                 raise BackpressureError(
                     f"the experience buffer is full ({self.buffer_size} records): the database "
                     "is not keeping up; raise runtime.buffer_size or use backpressure: block"
                 ) from None
-            await self._send.send(item)
+            return False
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            raise StorageError("the runtime is closed: experience is no longer accepted") from None
+        self.stats.enqueued += len(records)
+        return True
+
+    async def submit(self, *records: ExperienceRecord) -> None:
+        """Enqueue records and return (buffered mode), waiting for room if ``block``."""
+        if self.offer(records):
+            return
+        try:
+            await self._send.send(_Item(records))
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             raise StorageError("the runtime is closed: experience is no longer accepted") from None
         self.stats.enqueued += len(records)
@@ -293,6 +311,8 @@ class ExperienceCollector:
                 continue
             self.stats.written += len(records)
             self.stats.batches += 1
+            # Before settling: a flush returns once the knowledge of its batch is written too.
+            await self._write_knowledge()
             batch.settle()
             await self._after_commit(records)
             return
@@ -323,9 +343,17 @@ class ExperienceCollector:
         return [*batch.decisions, *batch.feedback, *batch.episodes]
 
     async def _insert(self, records: Sequence[ExperienceRecord]) -> None:
-        decisions = [r for r in records if isinstance(r, Decision)]
-        feedback = [r for r in records if isinstance(r, Feedback)]
-        episodes = [r for r in records if isinstance(r, Episode)]
+        decisions: list[Decision] = []
+        feedback: list[Feedback] = []
+        episodes: list[Episode] = []
+        for record in records:
+            kind = type(record)
+            if kind is Decision:
+                decisions.append(record)  # type: ignore[arg-type]
+            elif kind is Feedback:
+                feedback.append(record)  # type: ignore[arg-type]
+            else:
+                episodes.append(record)  # type: ignore[arg-type]
         await bulk.write_experience(self.db, decisions, feedback, episodes)
 
     def _note_outage(self, exc: StorageError) -> None:
@@ -367,16 +395,20 @@ class ExperienceCollector:
                 )
         batch.settle(first_error)
 
+    async def _write_knowledge(self) -> None:
+        """Write the knowledge rows the processors added; losing them never fails a batch."""
+        if not self._knowledge:
+            return
+        pending, self._knowledge = self._knowledge, []
+        try:
+            async with self.db.session() as session:
+                await repositories.insert_knowledge(session, pending)
+        except StorageError as exc:
+            log.warning(
+                "knowledge_not_recorded", stage="collector", rows=len(pending), error=str(exc)
+            )
+
     async def _after_commit(self, records: Sequence[ExperienceRecord]) -> None:
-        if self._knowledge:
-            pending, self._knowledge = self._knowledge, []
-            try:
-                async with self.db.session() as session:
-                    await repositories.insert_knowledge(session, pending)
-            except StorageError as exc:
-                log.warning(
-                    "knowledge_not_recorded", stage="collector", rows=len(pending), error=str(exc)
-                )
         if self._outage_since is not None:
             seconds = anyio.current_time() - self._outage_since
             self._outage_since = None
@@ -390,9 +422,11 @@ class ExperienceCollector:
             await self._record_metric("orphan_feedback", float(orphans))
 
     async def _count_orphans(self, records: Sequence[ExperienceRecord]) -> int:
+        # Decisions made through the runtime are known from decide() on; replayed ones not.
+        known = self.known
         for record in records:
-            if isinstance(record, Decision):
-                self.known.add(record.id, record.agent_id, record.mode)
+            if type(record) is Decision and record.id not in known:
+                known.add(record.id, record.agent_id, record.mode)
         unknown = list(
             {
                 r.decision_id
