@@ -10,6 +10,7 @@ from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
 from agentrt.config import AgentRTConfig, load_config
+from agentrt.episode import ActiveEpisode
 from agentrt.errors import (
     AgentRTError,
     ArtifactIntegrityError,
@@ -24,7 +25,10 @@ from agentrt.errors import (
     UnknownActionError,
     UnknownDecisionError,
 )
+from agentrt.runtime import Runtime
 from agentrt.schemas import (
+    AgentCycle,
+    CycleReport,
     Decision,
     Episode,
     Experience,
@@ -39,6 +43,7 @@ from agentrt.types import (
     ExplorationStrategy,
     Learner,
     Processor,
+    RewardModel,
     Rollout,
     Validator,
 )
@@ -49,12 +54,15 @@ except _PackageNotFoundError:  # running from a source tree that was never insta
     __version__ = "0.0.0"
 
 __all__ = [
+    "ActiveEpisode",
+    "AgentCycle",
     "AgentRTConfig",
     "AgentRTError",
     "Analyzer",
     "ArtifactIntegrityError",
     "BackpressureError",
     "ConfigError",
+    "CycleReport",
     "Decision",
     "Episode",
     "Experience",
@@ -69,7 +77,9 @@ __all__ = [
     "PolicyError",
     "PolicyVersion",
     "Processor",
+    "RewardModel",
     "Rollout",
+    "Runtime",
     "SchemaOutdatedError",
     "StorageError",
     "StrategyUpdate",

@@ -56,6 +56,7 @@ __all__ = [
     "RolloutConfig",
     "RuntimeConfig",
     "SQLitePragmasConfig",
+    "TrainingConfig",
     "load_config",
     "mask_url",
     "masked_dump",
@@ -264,6 +265,18 @@ class RewardConfig(_Section):
         return self
 
 
+class TrainingConfig(_Section):
+    """How an agent's learner is trained from its stored experience."""
+
+    window: PositiveInt = 50_000
+    min_rows: PositiveInt = 50
+    holdout: Annotated[float, _between(0.0, 0.5, high_open=True)] = 0.1
+    patience: PositiveInt = 3
+    importance_clip: Annotated[float, Field(ge=1), AfterValidator(_finite)] = 20.0
+    ridge: PositiveFloat = 1.0
+    feature_dim: PositiveInt = 64
+
+
 class AgentConfig(_Section):
     """One agent: its actions, baseline, learner and how it explores and rolls out."""
 
@@ -275,6 +288,7 @@ class AgentConfig(_Section):
     rollout: RolloutConfig = RolloutConfig()
     reward: RewardConfig = RewardConfig()
     mode: Literal["live", "shadow"] = "live"
+    training: TrainingConfig = TrainingConfig()
 
     @field_validator("actions")
     @classmethod

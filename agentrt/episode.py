@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from agentrt.errors import InvalidInputError
+from agentrt.ids import new_id
 from agentrt.schemas import Decision, DecisionMode, Feedback
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ class ActiveEpisode:
 
     def __init__(self, runtime: Runtime, agent_id: str, started_at: datetime) -> None:
         self._runtime = runtime
-        self.id = uuid.uuid4()
+        self.id = new_id()
         self.agent_id = agent_id
         self.started_at = started_at
         self.length = 0

@@ -6,11 +6,12 @@ the rule, so that a bad call fails loudly at its source and never reaches the da
 
 from __future__ import annotations
 
-import json
 import math
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+import orjson
 
 from agentrt.errors import InvalidInputError, UnknownActionError
 from agentrt.schemas import ContextValue, Decision
@@ -26,36 +27,57 @@ __all__ = [
     "check_reward",
 ]
 
-_SCALARS = (str, int, float)
+_MISSING = object()
 
 
-def _finite_scalar(value: object) -> bool:
+def _plain_scalar(value: object) -> object:
+    """``value`` as a plain JSON scalar (subclasses such as numpy.float64 converted), or
+    ``_MISSING`` when it is not a finite number, boolean, string or None."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return int(value)
     if isinstance(value, float):
-        return math.isfinite(value)
-    return isinstance(value, _SCALARS)
+        return float(value) if math.isfinite(value) else _MISSING
+    if isinstance(value, str):
+        return str(value)
+    return _MISSING
 
 
 def check_context(context: object, max_bytes: int) -> dict[str, ContextValue]:
     """A context as a plain dict of JSON values, or InvalidInputError naming the bad entry."""
-    if not isinstance(context, Mapping):
+    if type(context) is not dict and not isinstance(context, Mapping):
         raise InvalidInputError(
             "context", context, "must be a mapping of names to numbers, booleans, strings or lists"
         )
     out: dict[str, ContextValue] = {}
     for key, value in context.items():
-        if not isinstance(key, str):
+        if type(key) is not str:
             raise InvalidInputError("context", key, "keys must be strings")
-        if value is None or _finite_scalar(value):
+        kind = type(value)
+        if (
+            kind is str
+            or kind is int
+            or kind is bool
+            or value is None
+            or (kind is float and value - value == 0.0)
+        ):
             out[key] = value
-        elif isinstance(value, list | tuple) and all(_finite_scalar(item) for item in value):
-            out[key] = list(value)
+        elif (plain := _plain_scalar(value)) is not _MISSING:
+            out[key] = plain  # type: ignore[assignment]
+        elif (
+            isinstance(value, list | tuple)
+            and (items := [_plain_scalar(item) for item in value]).count(_MISSING) == 0
+            and None not in items
+        ):
+            out[key] = items  # type: ignore[assignment]
         else:
             raise InvalidInputError(
                 f"context[{key!r}]",
                 value,
                 "must be a finite number, a boolean, a string, None, or a list of those",
             )
-    size = len(json.dumps(out, separators=(",", ":")))
+    size = len(orjson.dumps(out))
     if size > max_bytes:
         raise InvalidInputError(
             "context",
@@ -71,17 +93,44 @@ def check_outcome(outcome: object, max_bytes: int, field: str = "outcome") -> di
         return None
     if not isinstance(outcome, Mapping) or not all(isinstance(k, str) for k in outcome):
         raise InvalidInputError(field, outcome, "must be a mapping with string keys")
-    try:
-        size = len(json.dumps(outcome, separators=(",", ":"), allow_nan=False))
-    except (TypeError, ValueError) as exc:
+    problem = _json_problem(outcome, 0)
+    if problem is not None:
         raise InvalidInputError(
-            field, outcome, f"must hold only JSON values (finite numbers, strings, lists...): {exc}"
-        ) from None
+            field,
+            outcome,
+            f"must hold only JSON values (finite numbers, strings, lists...): {problem}",
+        )
+    size = len(orjson.dumps(outcome))
     if size > max_bytes:
         raise InvalidInputError(
             field, f"<{size} bytes>", f"is larger than runtime.max_context_bytes ({max_bytes})"
         )
     return dict(outcome)
+
+
+def _json_problem(value: object, depth: int) -> str | None:
+    """Why ``value`` is not strict JSON (NaN, sets, objects, non-string keys), or None."""
+    if depth > 32:
+        return "nested more than 32 levels deep"
+    if value is None or isinstance(value, str | bool | int):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{value} is not a finite number"
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"key {key!r} is not a string"
+            problem = _json_problem(item, depth + 1)
+            if problem is not None:
+                return problem
+        return None
+    if isinstance(value, list | tuple):
+        for item in value:
+            problem = _json_problem(item, depth + 1)
+            if problem is not None:
+                return problem
+        return None
+    return f"{type(value).__name__} is not a JSON type"
 
 
 def check_reward(reward: object, field: str = "reward") -> float:

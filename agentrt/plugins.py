@@ -35,6 +35,7 @@ from agentrt.types import (
     Learner,
     PluginKind,
     Processor,
+    RewardModel,
     Rollout,
     Validator,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "PluginKind",
     "PluginRegistry",
     "Processor",
+    "RewardModel",
     "Rollout",
     "Validator",
 ]
@@ -93,6 +95,8 @@ BUILTINS: tuple[tuple[PluginKind, str, str], ...] = (
     ("exploration", "softmax", "agentrt.exploration:plugins"),
     ("exploration", "ucb", "agentrt.exploration:plugins"),
     ("exploration", "thompson", "agentrt.exploration:plugins"),
+    ("learner", "linear", "agentrt.learning.linear:plugin"),
+    ("learner", "neural", "agentrt.learning.neural:plugin"),
 )
 
 

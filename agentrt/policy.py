@@ -7,11 +7,19 @@ decision logs the exact probability of the action it took (its propensity).
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from agentrt.config import BaselineConfig
+import numpy as np
+import numpy.typing as npt
 
-__all__ = ["BaselinePolicy", "Choice"]
+from agentrt.config import BaselineConfig
+from agentrt.errors import PolicyError
+from agentrt.exploration import Strategy
+from agentrt.learning.features import FeatureEncoder
+from agentrt.types import RewardModel
+
+__all__ = ["BaselinePolicy", "Choice", "LearnedPolicy"]
 
 
 class Choice(NamedTuple):
@@ -56,3 +64,84 @@ class BaselinePolicy:
             choice = _uniform(allowed, len(actions), rng)
             return choice._replace(exploration={"method": "uniform", "reason": "fixed_unavailable"})
         return _uniform(allowed, len(actions), rng)
+
+
+class LearnedPolicy:
+    """A trained model serving decisions: features, estimates, exploration, a draw.
+
+    Args:
+        version: the policy version number.
+        learner: the learner that trained it.
+        model: the trained reward model.
+        encoder: the feature encoder frozen at training time.
+        actions: the action set the model scores.
+        exploration: turns estimates into probabilities.
+    """
+
+    def __init__(
+        self,
+        version: int,
+        learner: str,
+        model: RewardModel,
+        encoder: FeatureEncoder,
+        actions: tuple[str, ...],
+        exploration: Strategy,
+    ) -> None:
+        self.version = version
+        self.learner = learner
+        self.model = model
+        self.encoder = encoder
+        self.actions = actions
+        self.exploration = exploration
+        self._index = {action: i for i, action in enumerate(actions)}
+
+    def with_exploration(self, exploration: Strategy) -> LearnedPolicy:
+        """The same model with another exploration strategy."""
+        return LearnedPolicy(
+            self.version, self.learner, self.model, self.encoder, self.actions, exploration
+        )
+
+    def choose(
+        self,
+        context: Mapping[str, Any],
+        actions: tuple[str, ...],
+        allowed: tuple[bool, ...] | None,
+        rng: random.Random,
+    ) -> Choice:
+        """Draw an action; raises :class:`PolicyError` when the policy cannot answer."""
+        unknown = [action for action in actions if action not in self._index]
+        if unknown:
+            raise PolicyError(
+                f"policy v{self.version} does not know action(s) {', '.join(unknown)}"
+            )
+        columns = [self._index[action] for action in actions]
+        means, stds = self.model.predict(self.encoder.encode(context)[None, :])
+        scores = means[0, columns]
+        spread = None if stds is None else stds[0, columns]
+        mask = None if allowed is None else np.array(allowed, dtype=bool)
+        probabilities = self.exploration.probabilities(scores, mask, spread)
+        if not (
+            np.all(np.isfinite(probabilities)) and abs(float(probabilities.sum()) - 1.0) < 1e-6
+        ):
+            raise PolicyError(f"policy v{self.version} produced invalid probabilities")
+        index = _draw(probabilities, rng)
+        return Choice(
+            index,
+            tuple(float(p) for p in probabilities),
+            self.version,
+            self.exploration.describe(),
+        )
+
+
+def _draw(probabilities: npt.NDArray[np.float64], rng: random.Random) -> int:
+    u = rng.random()
+    cumulative = 0.0
+    last = 0
+    for i, p in enumerate(probabilities):
+        if p <= 0.0:
+            continue
+        last = i
+        cumulative += float(p)
+        if u < cumulative:
+            return i
+    return last

@@ -27,7 +27,16 @@ from anyio import AsyncContextManagerMixin
 from agentrt.clock import utcnow
 from agentrt.config import AgentConfig, AgentRTConfig, load_config
 from agentrt.episode import ActiveEpisode
-from agentrt.errors import InvalidInputError, StorageError, UnknownActionError, UnknownDecisionError
+from agentrt.errors import (
+    AgentRTError,
+    InvalidInputError,
+    StorageError,
+    UnknownActionError,
+    UnknownDecisionError,
+)
+from agentrt.exploration import EpsilonGreedy, Strategy
+from agentrt.exploration import from_config as exploration_from_config
+from agentrt.ids import new_id
 from agentrt.inputs import (
     check_actions,
     check_context,
@@ -47,9 +56,10 @@ from agentrt.pipeline.collector import (
     process_owner,
 )
 from agentrt.pipeline.spill import ExperienceRecord, SpillDirectory
+from agentrt.pipeline.updater import ModelUpdater, load_policy
 from agentrt.plugins import PluginRegistry
-from agentrt.policy import BaselinePolicy
-from agentrt.schemas import Decision, DecisionMode, Episode, Feedback
+from agentrt.policy import BaselinePolicy, Choice, LearnedPolicy
+from agentrt.schemas import AgentCycle, CycleReport, Decision, DecisionMode, Episode, Feedback
 from agentrt.storage import bulk, repositories
 from agentrt.storage.engine import Database
 from agentrt.storage.migrate import ensure_schema
@@ -90,12 +100,25 @@ class Runtime(AsyncContextManagerMixin):
         self._baselines = {
             agent_id: BaselinePolicy(agent.baseline) for agent_id, agent in config.agents.items()
         }
+        self._actions = {
+            agent_id: tuple(agent.actions) for agent_id, agent in config.agents.items()
+        }
         self._known = KnownDecisions()
         self._sync = config.runtime.durability == "sync"
         self._max_bytes = config.runtime.max_context_bytes
         self._db: Database | None = None
         self._collector: ExperienceCollector | None = None
+        self._updater: ModelUpdater | None = None
         self._swept: dict[str, datetime] = {}
+        # Serving: per agent the active learned policy, then its predecessor (the fallback).
+        self._policies: dict[str, list[LearnedPolicy]] = {}
+        self._exploration: dict[str, Strategy] = {
+            agent_id: exploration_from_config(config.exploration_for(agent_id))
+            for agent_id in config.agents
+        }
+        self._cycles: dict[str, int] = dict.fromkeys(config.agents, 0)
+        self.fallbacks: dict[str, int] = dict.fromkeys(config.agents, 0)
+        self._fallbacks_recorded: dict[str, int] = dict.fromkeys(config.agents, 0)
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str], **overrides: Any) -> Runtime:
@@ -116,6 +139,8 @@ class Runtime(AsyncContextManagerMixin):
                 await repositories.upsert_agents(session, self.config.agents)
             collector = self._build_collector(db)
             self._db, self._collector = db, collector
+            self._updater = ModelUpdater(self.config, db, self.registry)
+            await self.refresh_policies()
             stopped = anyio.Event()
 
             async def run_collector(*, task_status: anyio.abc.TaskStatus[None]) -> None:
@@ -128,6 +153,7 @@ class Runtime(AsyncContextManagerMixin):
                 await tg.start(run_collector)
                 if any(a.reward.wait_window for a in self.config.agents.values()):
                     tg.start_soon(self._sweep_forever)
+                tg.start_soon(self._refresh_forever)
                 log.info("runtime_started", database=db.masked_url, agents=list(self.config.agents))
                 try:
                     yield self
@@ -143,6 +169,8 @@ class Runtime(AsyncContextManagerMixin):
                             spill=str(collector.spill.current.path),
                         )
                     tg.cancel_scope.cancel()
+            with anyio.CancelScope(shield=True):
+                await self._record_fallbacks()
             log.info("runtime_stopped", **vars(collector.stats))
         finally:
             self._collector = None
@@ -191,10 +219,11 @@ class Runtime(AsyncContextManagerMixin):
         await self.collector.flush()
 
     async def _submit(self, *records: ExperienceRecord) -> None:
+        collector = self.collector
         if self._sync:
-            await self.collector.submit_and_wait(*records)
-        else:
-            await self.collector.submit(*records)
+            await collector.submit_and_wait(*records)
+        elif not collector.offer(records):
+            await collector.submit(*records)
 
     def _agent(self, agent_id: object) -> AgentConfig:
         agent = self.config.agents.get(agent_id) if isinstance(agent_id, str) else None
@@ -246,7 +275,11 @@ class Runtime(AsyncContextManagerMixin):
             BackpressureError: the buffer is full and ``runtime.backpressure`` is ``error``.
         """
         agent = self._agent(agent_id)
-        offered = check_actions(agent_id, agent.actions, actions)
+        offered = (
+            self._actions[agent_id]
+            if actions is None and agent.actions
+            else check_actions(agent_id, agent.actions, actions)
+        )
         allowed = check_mask(mask, offered)
         ctx = check_context(context, self._max_bytes)
         chosen_mode: DecisionMode = agent.mode if mode is None else mode
@@ -256,7 +289,7 @@ class Runtime(AsyncContextManagerMixin):
             raise InvalidInputError("step", step, "must be a non-negative integer")
         if episode_id is not None and not isinstance(episode_id, uuid.UUID):
             raise InvalidInputError("episode_id", episode_id, "must be a UUID")
-        choice = self._baselines[agent_id].choose(offered, allowed, self._rng)
+        choice = self._choose(agent_id, ctx, offered, allowed)
         policy_action: str | None = None
         if chosen_mode == "shadow":
             if app_action is None:
@@ -276,8 +309,8 @@ class Runtime(AsyncContextManagerMixin):
                 raise InvalidInputError("app_action", app_action, "is only used in shadow mode")
             index = choice.action_index
             propensity = choice.probabilities[index]
-        decision = Decision.model_construct(
-            id=uuid.uuid4(),
+        decision = Decision.trusted(
+            id=new_id(),
             agent_id=agent_id,
             action=offered[index],
             action_index=index,
@@ -296,6 +329,196 @@ class Runtime(AsyncContextManagerMixin):
         self._known.add(decision.id, agent_id, chosen_mode)
         await self._submit(decision)
         return decision
+
+    def _choose(
+        self,
+        agent_id: str,
+        context: dict[str, Any],
+        offered: tuple[str, ...],
+        allowed: tuple[bool, ...] | None,
+    ) -> Choice:
+        """The active policy's choice; on failure its predecessor's, then the baseline's."""
+        for policy in self._policies.get(agent_id, ()):
+            try:
+                return policy.choose(context, offered, allowed, self._rng)
+            except Exception as exc:  # any failure of a model must leave the decision served
+                self.fallbacks[agent_id] += 1
+                log.warning(
+                    "policy_fallback",
+                    agent=agent_id,
+                    policy_version=policy.version,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+        return self._baselines[agent_id].choose(offered, allowed, self._rng)
+
+    def active_version(self, agent_id: str) -> int | None:
+        """The version serving ``agent_id`` in this process (None: the baseline)."""
+        policies = self._policies.get(agent_id)
+        return policies[0].version if policies else None
+
+    async def refresh_policies(self) -> None:
+        """Load each agent's active version if it changed (another process may have trained
+        it). A version whose artifact does not verify is refused and logged; its predecessor
+        (or the baseline) serves instead, and the refusal is recorded in ``metrics``."""
+        for agent_id in self.config.agents:
+            async with self.database.session() as session:
+                active = await repositories.active_policy_version(session, agent_id)
+                if active is None or active.version == self.active_version(agent_id):
+                    continue
+                parent = (
+                    await repositories.load_policy_version(session, agent_id, active.parent_version)
+                    if active.parent_version is not None
+                    else None
+                )
+            chain: list[LearnedPolicy] = []
+            for row in (active, parent):
+                if row is None:
+                    continue
+                try:
+                    chain.append(load_policy(row, self.registry, self._exploration[agent_id]))
+                except AgentRTError as exc:
+                    log.error(
+                        "policy_refused", agent=agent_id, policy_version=row.version, error=str(exc)
+                    )
+                    async with self.database.session() as session:
+                        await repositories.record_metric(
+                            session,
+                            "policy_refused",
+                            float(row.version),
+                            agent_id=agent_id,
+                            stage="serving",
+                            details={"error": str(exc)},
+                        )
+            self._policies[agent_id] = chain
+            log.info("policy_loaded", agent=agent_id, policy_version=self.active_version(agent_id))
+
+    async def _refresh_forever(self) -> None:
+        interval = self.config.runtime.policy_refresh_interval.total_seconds()
+        while True:
+            await anyio.sleep(interval)
+            try:
+                await self.refresh_policies()
+            except Exception as exc:  # the stage supervisor: log, keep serving
+                log.error("stage_failed", stage="policy_refresh", error=repr(exc))
+
+    async def _record_fallbacks(self) -> None:
+        for agent_id, count in self.fallbacks.items():
+            new = count - self._fallbacks_recorded[agent_id]
+            if new <= 0 or self._db is None:
+                continue
+            try:
+                async with self._db.session() as session:
+                    await repositories.record_metric(
+                        session, "policy_fallbacks", float(new), agent_id=agent_id, stage="serving"
+                    )
+                self._fallbacks_recorded[agent_id] = count
+            except StorageError as exc:
+                log.warning("metric_not_recorded", metric="policy_fallbacks", error=str(exc))
+
+    # -- learning ------------------------------------------------------------------------
+
+    async def run_cycle(self, agent_id: str | None = None) -> CycleReport:
+        """Run one learning cycle for one agent (or every agent) and report what happened.
+
+        Everything accepted before the call is flushed first, so the cycle sees it. A trained
+        candidate that passes its checks becomes the active version at once (hot swap); one
+        that fails is stored as ``rejected`` and the active version keeps serving.
+        """
+        if agent_id is not None:
+            self._agent(agent_id)
+        await self.flush()
+        targets = [agent_id] if agent_id is not None else list(self.config.agents)
+        reports = [await self._cycle(target) for target in targets]
+        await self._record_fallbacks()
+        return CycleReport(agents=tuple(reports))
+
+    async def _cycle(self, agent_id: str) -> AgentCycle:
+        if self._updater is None:
+            raise StorageError("the runtime is not open: use `async with runtime:` first")
+        started = time.perf_counter()
+        exploration = self._exploration[agent_id]
+        active = self._policies.get(agent_id, [])
+        parent = active[0].version if active else None
+        self._cycles[agent_id] += 1
+        try:
+            trained, rows, learner = await self._updater.train(
+                agent_id, exploration, self._cycles[agent_id]
+            )
+            if trained is None:
+                minimum = self.config.agents[agent_id].training.min_rows
+                report = AgentCycle(
+                    agent_id=agent_id,
+                    status="skipped",
+                    reason=f"{rows} usable rows, fewer than training.min_rows ({minimum})",
+                    rows=rows,
+                    learner=learner,
+                    active_version=parent,
+                )
+            else:
+                passed = bool(trained.sanity["passed"])
+                stored = await self._updater.store(
+                    agent_id, learner, trained, parent, activate=passed
+                )
+                if passed:
+                    if isinstance(exploration, EpsilonGreedy):
+                        exploration = exploration.decayed()
+                        self._exploration[agent_id] = exploration
+                    policy = LearnedPolicy(
+                        stored.version, learner, trained.model, trained.encoder,
+                        trained.actions, exploration,
+                    )  # fmt: skip
+                    self._policies[agent_id] = [
+                        policy,
+                        *(p.with_exploration(exploration) for p in active[:1]),
+                    ]
+                report = AgentCycle(
+                    agent_id=agent_id,
+                    status="activated" if passed else "rejected",
+                    reason=None if passed else "sanity checks failed",
+                    rows=rows,
+                    learner=learner,
+                    candidate_version=stored.version,
+                    active_version=self.active_version(agent_id),
+                    metrics=stored.metrics,
+                    validation=stored.validation,
+                )
+        except Exception as exc:  # the stage supervisor: log, record, keep serving
+            log.error("stage_failed", stage="updater", agent=agent_id, error=repr(exc))
+            report = AgentCycle(
+                agent_id=agent_id,
+                status="failed",
+                reason=f"{type(exc).__name__}: {exc}",
+                active_version=parent,
+            )
+        report = report.model_copy(update={"seconds": time.perf_counter() - started})
+        log.info(
+            "learning_cycle",
+            agent=agent_id,
+            status=report.status,
+            rows=report.rows,
+            learner=report.learner,
+            candidate_version=report.candidate_version,
+            policy_version=report.active_version,
+            seconds=round(report.seconds, 3),
+        )
+        try:
+            async with self.database.session() as session:
+                await repositories.record_metric(
+                    session,
+                    "learning_cycle",
+                    report.seconds,
+                    agent_id=agent_id,
+                    stage="updater",
+                    details={
+                        "status": report.status,
+                        "reason": report.reason,
+                        "rows": report.rows,
+                        "candidate_version": report.candidate_version,
+                    },
+                )
+        except StorageError as exc:
+            log.warning("metric_not_recorded", metric="learning_cycle", error=str(exc))
+        return report
 
     # -- reporting -----------------------------------------------------------------------
 
@@ -323,8 +546,8 @@ class Runtime(AsyncContextManagerMixin):
         checked_source = _check_source(source)
         if self._sync:
             await self._require_known(decision_id)
-        feedback = Feedback.model_construct(
-            id=uuid.uuid4(),
+        feedback = Feedback.trusted(
+            id=new_id(),
             decision_id=decision_id,
             kind="reward",
             reward=value,
@@ -352,8 +575,8 @@ class Runtime(AsyncContextManagerMixin):
             )
         if self._sync:
             await self._require_known(decision_id)
-        feedback = Feedback.model_construct(
-            id=uuid.uuid4(),
+        feedback = Feedback.trusted(
+            id=new_id(),
             decision_id=decision_id,
             kind="activation",
             reward=None,
@@ -410,8 +633,10 @@ class Runtime(AsyncContextManagerMixin):
             The stored decision.
         """
         agent = self._agent(agent_id)
-        if actions is None and not agent.actions:
-            offered: tuple[str, ...] = check_actions(agent_id, (), [action])
+        if actions is None and agent.actions:
+            offered: tuple[str, ...] = self._actions[agent_id]
+        elif actions is None:
+            offered = check_actions(agent_id, (), [action])
         else:
             offered = check_actions(agent_id, agent.actions, actions)
         if action not in offered:
@@ -424,8 +649,8 @@ class Runtime(AsyncContextManagerMixin):
         if distribution is not None and known_propensity is None:
             known_propensity = distribution[index]
         now = self._clock()
-        decision = Decision.model_construct(
-            id=uuid.uuid4(),
+        decision = Decision.trusted(
+            id=new_id(),
             agent_id=agent_id,
             action=action,
             action_index=index,
@@ -441,8 +666,8 @@ class Runtime(AsyncContextManagerMixin):
             policy_action=None,
             created_at=now,
         )
-        feedback = Feedback.model_construct(
-            id=uuid.uuid4(),
+        feedback = Feedback.trusted(
+            id=new_id(),
             decision_id=decision.id,
             kind="reward",
             reward=check_reward(reward),

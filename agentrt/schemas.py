@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from agentrt.clock import utcnow
+from agentrt.ids import new_id
 
 __all__ = [
+    "AgentCycle",
     "ContextValue",
+    "CycleReport",
     "Decision",
     "DecisionMode",
     "Episode",
@@ -35,6 +38,20 @@ PolicyStatus = Literal["candidate", "canary", "active", "retired", "rejected", "
 class _Payload(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    @classmethod
+    def trusted(cls, **fields: Any) -> Self:
+        """Build an instance from values agentrt has already validated, skipping validation.
+
+        The hot path validates its inputs itself (agentrt.inputs) and then needs the object in
+        well under a microsecond; ``model_construct`` costs several. Every field must be given.
+        """
+        instance = cls.__new__(cls)
+        object.__setattr__(instance, "__dict__", fields)
+        object.__setattr__(instance, "__pydantic_fields_set__", _ALL_FIELDS[cls])
+        object.__setattr__(instance, "__pydantic_extra__", None)
+        object.__setattr__(instance, "__pydantic_private__", None)
+        return instance
+
 
 class Decision(_Payload):
     """One decision: what was chosen, with which probability, by which policy.
@@ -45,7 +62,7 @@ class Decision(_Payload):
     ``policy_action`` what the policy would have done.
     """
 
-    id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    id: uuid.UUID = Field(default_factory=new_id)
     agent_id: str
     action: str
     action_index: int
@@ -65,7 +82,7 @@ class Decision(_Payload):
 class Feedback(_Payload):
     """A reward for a decision (``kind="reward"``) or the activation of a deferred one."""
 
-    id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    id: uuid.UUID = Field(default_factory=new_id)
     decision_id: uuid.UUID
     kind: Literal["reward", "activation"] = "reward"
     reward: float | None = None
@@ -77,7 +94,7 @@ class Feedback(_Payload):
 class Episode(_Payload):
     """A multi-step task: its return, length and how it ended."""
 
-    id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    id: uuid.UUID = Field(default_factory=new_id)
     agent_id: str
     started_at: AwareDatetime
     ended_at: AwareDatetime | None = None
@@ -141,6 +158,38 @@ class PolicyVersion(_Payload):
     activated_at: AwareDatetime | None = None
 
 
+class AgentCycle(_Payload):
+    """What one learning cycle did for one agent.
+
+    ``status`` is ``activated`` (a new version serves), ``rejected`` (the candidate failed its
+    checks; the active version keeps serving), ``skipped`` (too little usable experience) or
+    ``failed`` (the cycle raised; the error is logged and recorded in ``metrics``).
+    """
+
+    agent_id: str
+    status: Literal["activated", "rejected", "skipped", "failed"]
+    reason: str | None = None
+    rows: int = 0
+    learner: str | None = None
+    candidate_version: int | None = None
+    active_version: int | None = None
+    metrics: dict[str, Any] = {}
+    validation: dict[str, Any] | None = None
+    seconds: float = 0.0
+
+
+class CycleReport(_Payload):
+    """What ``Runtime.run_cycle()`` did, per agent."""
+
+    agents: tuple[AgentCycle, ...]
+
+    def __getitem__(self, agent_id: str) -> AgentCycle:
+        for cycle in self.agents:
+            if cycle.agent_id == agent_id:
+                return cycle
+        raise KeyError(agent_id)
+
+
 class StrategyUpdate(_Payload):
     """A change of an agent's strategy: the strategy before, after, and why."""
 
@@ -150,3 +199,9 @@ class StrategyUpdate(_Payload):
     updated: dict[str, Any]
     details: dict[str, Any] = {}
     created_at: AwareDatetime = Field(default_factory=utcnow)
+
+
+# `trusted()` instances have every field set; one shared set per class saves an allocation.
+_ALL_FIELDS: dict[type[BaseModel], set[str]] = {
+    cls: set(cls.model_fields) for cls in (Decision, Feedback, Episode, Knowledge, PolicyVersion)
+}

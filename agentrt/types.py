@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
+    import torch
 
+    from agentrt.learning.data import BanditData
     from agentrt.schemas import Decision, Episode, Experience, Feedback, Knowledge
 
 __all__ = [
@@ -19,6 +21,7 @@ __all__ = [
     "Learner",
     "PluginKind",
     "Processor",
+    "RewardModel",
     "Rollout",
     "Validator",
 ]
@@ -75,10 +78,42 @@ class ExplorationStrategy(Protocol):
 
 
 @runtime_checkable
+class RewardModel(Protocol):
+    """A trained model: estimated reward (and, optionally, its uncertainty) per action."""
+
+    def predict(
+        self, features: npt.NDArray[np.float32]
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64] | None]:
+        """Means (and standard deviations, or None) of shape (rows, actions)."""
+        ...
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The weights, for a safetensors artifact."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """JSON metadata needed to rebuild the model from its tensors."""
+        ...
+
+
+@runtime_checkable
 class Learner(Protocol):
-    """Trains a candidate policy from logged experience."""
+    """Trains a candidate policy from logged experience.
+
+    A learner plugin's factory takes a ``LearnerSettings``; ``load`` rebuilds a trained model
+    from an artifact's tensors and metadata.
+    """
 
     name: str
+
+    def fit(self, data: BanditData) -> tuple[RewardModel, dict[str, Any]]:
+        """Train on ``data``; returns the model and JSON training metrics."""
+        ...
+
+    @staticmethod
+    def load(tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> RewardModel:
+        """Rebuild a trained model."""
+        ...
 
 
 @runtime_checkable

@@ -34,6 +34,7 @@ PROTOCOLS = {
     "ExplorationStrategy",
     "Learner",
     "Processor",
+    "RewardModel",
     "Rollout",
     "Validator",
 }
@@ -50,8 +51,12 @@ PUBLIC = {
     *ERRORS,
     *PROTOCOLS,
     *SCHEMAS,
+    "ActiveEpisode",
+    "AgentCycle",
     "AgentRTConfig",
+    "CycleReport",
     "ExperienceBatch",
+    "Runtime",
     "__version__",
     "load_config",
 }

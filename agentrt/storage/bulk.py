@@ -9,13 +9,12 @@ them back unchanged.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any
 
+import orjson
 from sqlalchemy import select
 
 from agentrt.schemas import Decision, Episode, Feedback
@@ -24,7 +23,10 @@ from agentrt.storage.tables import DecisionRow
 
 __all__ = ["existing_decision_ids", "write_experience"]
 
-_dumps = partial(json.dumps, allow_nan=False, separators=(",", ":"))
+
+def _dumps(value: object) -> str:
+    return orjson.dumps(value).decode()
+
 
 DECISION_COLUMNS = (
     "id", "agent_id", "episode_id", "step", "created_at", "context", "actions", "action",
@@ -39,10 +41,12 @@ _JSON_COLUMNS = frozenset({"context", "actions", "probabilities", "exploration",
 
 
 def _sqlite_time(value: datetime | None) -> str | None:
+    """The text SQLAlchemy's SQLite DateTime stores: always with microseconds, in UTC."""
     if value is None:
         return None
-    value = value.astimezone(UTC)
-    return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.isoformat(" ", "microseconds")[:26]
 
 
 def _sqlite_uuid(value: uuid.UUID | None) -> str | None:

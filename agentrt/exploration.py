@@ -1,0 +1,198 @@
+"""Exploration strategies: from action scores to the exact probability of every offered action.
+
+Each strategy returns the whole distribution over the offered actions; the runtime then draws
+the action from that distribution, so the logged propensity is exactly the probability with
+which the action was taken. Masked actions get probability zero; ties share their mass
+equally. Every strategy keeps at least ``floor / allowed`` on each allowed action (epsilon
+greedy's epsilon plays that role), so logs stay usable for off-policy evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from agentrt.config import ExplorationConfig
+from agentrt.plugins import Plugin
+
+__all__ = [
+    "EpsilonGreedy",
+    "Softmax",
+    "ThompsonSampling",
+    "UpperConfidenceBound",
+    "from_config",
+    "plugins",
+]
+
+Vector = npt.NDArray[np.float64]
+Mask = npt.NDArray[np.bool_]
+
+_TIE = 1e-12
+
+
+def _allowed(scores: Vector, allowed: Mask | None) -> Mask:
+    mask = np.isfinite(scores)
+    if allowed is not None:
+        mask &= allowed
+    if not mask.any():
+        raise ValueError("no allowed action has a finite score")
+    return mask
+
+
+def _greedy(values: Vector, mask: Mask) -> Vector:
+    """Uniform over the best allowed actions (ties within 1e-12 share the mass)."""
+    best = np.max(values[mask])
+    winners = mask & (values >= best - _TIE)
+    out: Vector = winners / winners.sum()
+    return out
+
+
+def _mix(greedy: Vector, mask: Mask, floor: float) -> Vector:
+    uniform = mask / mask.sum()
+    out: Vector = (1.0 - floor) * greedy + floor * uniform
+    normalised: Vector = out / out.sum()
+    return normalised
+
+
+@dataclass(frozen=True)
+class EpsilonGreedy:
+    """With probability ``epsilon`` a uniformly random allowed action, else the best one."""
+
+    epsilon: float = 0.1
+    decay: float = 0.995
+    floor: float = 0.01
+    name: str = "epsilon_greedy"
+
+    def probabilities(
+        self, scores: Vector, allowed: Mask | None = None, uncertainty: Vector | None = None
+    ) -> Vector:
+        mask = _allowed(scores, allowed)
+        return _mix(_greedy(scores, mask), mask, self.epsilon)
+
+    def decayed(self) -> EpsilonGreedy:
+        """The strategy after one learning cycle: epsilon times decay, never below floor."""
+        return replace(self, epsilon=max(self.floor, self.epsilon * self.decay))
+
+    def describe(self) -> dict[str, Any]:
+        return {"method": self.name, "epsilon": self.epsilon}
+
+
+@dataclass(frozen=True)
+class Softmax:
+    """Probabilities proportional to ``exp(score / temperature)``, mixed with ``floor``."""
+
+    temperature: float = 1.0
+    floor: float = 0.01
+    name: str = "softmax"
+
+    def probabilities(
+        self, scores: Vector, allowed: Mask | None = None, uncertainty: Vector | None = None
+    ) -> Vector:
+        mask = _allowed(scores, allowed)
+        logits = np.where(mask, scores / self.temperature, -np.inf)
+        weights = np.exp(logits - np.max(logits[mask]))
+        return _mix(weights / weights.sum(), mask, self.floor)
+
+    def describe(self) -> dict[str, Any]:
+        return {"method": self.name, "temperature": self.temperature}
+
+
+@dataclass(frozen=True)
+class UpperConfidenceBound:
+    """The action with the highest ``score + confidence * uncertainty``, mixed with ``floor``.
+
+    Without an uncertainty estimate from the learner, per-action counts from the sliding
+    window give the classic ``sqrt(2 ln n / n_a)`` bonus.
+    """
+
+    confidence: float = 2.0
+    window_size: int | None = None
+    floor: float = 0.01
+    name: str = "ucb"
+
+    def probabilities(
+        self, scores: Vector, allowed: Mask | None = None, uncertainty: Vector | None = None
+    ) -> Vector:
+        mask = _allowed(scores, allowed)
+        bonus = np.zeros_like(scores) if uncertainty is None else uncertainty
+        return _mix(_greedy(scores + self.confidence * bonus, mask), mask, self.floor)
+
+    @staticmethod
+    def count_bonus(counts: Vector) -> Vector:
+        """The UCB1 bonus for per-action pull counts (infinite for untried actions)."""
+        total = max(float(counts.sum()), 1.0)
+        with np.errstate(divide="ignore"):
+            bonus: Vector = np.sqrt(2.0 * math.log(total + 1.0) / counts)
+        return np.where(counts > 0, bonus, 1e6)
+
+    def describe(self) -> dict[str, Any]:
+        return {"method": self.name, "confidence": self.confidence, "window_size": self.window_size}
+
+
+@dataclass(frozen=True)
+class ThompsonSampling:
+    """The probability that each action's sampled value is the highest (posterior sampling).
+
+    Scores are posterior means and ``uncertainty`` posterior standard deviations (Gaussian);
+    the probability of being best is estimated from ``samples`` joint draws with a generator
+    seeded by the scores, so the same posterior always gives the same distribution. The action
+    is then drawn from that distribution, which makes the logged propensity exact.
+    """
+
+    samples: int = 512
+    floor: float = 0.01
+    name: str = "thompson"
+
+    def probabilities(
+        self, scores: Vector, allowed: Mask | None = None, uncertainty: Vector | None = None
+    ) -> Vector:
+        mask = _allowed(scores, allowed)
+        if uncertainty is None or not np.any(uncertainty[mask] > 0):
+            return _mix(_greedy(scores, mask), mask, self.floor)
+        seed = int.from_bytes(
+            np.ascontiguousarray(scores, dtype=np.float64).tobytes()[:8], "little"
+        )
+        rng = np.random.default_rng(seed)
+        draws = rng.standard_normal((self.samples, scores.shape[0])) * uncertainty + scores
+        draws[:, ~mask] = -np.inf
+        wins = np.bincount(np.argmax(draws, axis=1), minlength=scores.shape[0]).astype(np.float64)
+        return _mix(wins / wins.sum(), mask, self.floor)
+
+    @staticmethod
+    def beta_posterior(successes: Vector, failures: Vector) -> tuple[Vector, Vector]:
+        """Mean and standard deviation of Beta(1 + successes, 1 + failures) per action."""
+        a, b = successes + 1.0, failures + 1.0
+        mean = a / (a + b)
+        std = np.sqrt(a * b / ((a + b) ** 2 * (a + b + 1.0)))
+        return mean, std
+
+    def describe(self) -> dict[str, Any]:
+        return {"method": self.name, "samples": self.samples}
+
+
+Strategy = EpsilonGreedy | Softmax | UpperConfidenceBound | ThompsonSampling
+
+
+def from_config(config: ExplorationConfig) -> Strategy:
+    """The strategy an agent's ``exploration`` block describes."""
+    if config.method == "epsilon_greedy":
+        return EpsilonGreedy(epsilon=config.epsilon, decay=config.decay, floor=config.floor)
+    if config.method == "softmax":
+        return Softmax(temperature=config.temperature, floor=config.floor)
+    if config.method == "ucb":
+        return UpperConfidenceBound(
+            confidence=config.confidence, window_size=config.window_size, floor=config.floor
+        )
+    return ThompsonSampling(floor=config.floor)
+
+
+plugins = [
+    Plugin("exploration", "epsilon_greedy", EpsilonGreedy, "epsilon-greedy with decay and floor"),
+    Plugin("exploration", "softmax", Softmax, "Boltzmann exploration with a temperature"),
+    Plugin("exploration", "ucb", UpperConfidenceBound, "upper confidence bound"),
+    Plugin("exploration", "thompson", ThompsonSampling, "Thompson sampling (posterior sampling)"),
+]

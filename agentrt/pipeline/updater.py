@@ -1,0 +1,268 @@
+"""ModelUpdater: trains an agent's learner on its stored experience and versions the result.
+
+One update reads the agent's newest rewarded experience (``agents.<id>.training.window``
+rows), fits the feature encoder and the learner in a worker thread (a capacity limiter keeps
+training off the event loop and one at a time), checks the candidate (finite weights, finite
+estimates and valid probabilities on real contexts), and stores it as a ``policy_versions`` row:
+safetensors weights with JSON metadata, its SHA-256, training metrics and the validation report.
+Loading a stored version verifies all of that again before anything serves from it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import anyio
+import numpy as np
+import torch
+
+from agentrt.config import AgentConfig, AgentRTConfig
+from agentrt.errors import PolicyError
+from agentrt.exploration import Strategy
+from agentrt.learning.artifacts import dump_artifact, load_artifact, sha256
+from agentrt.learning.data import BanditData, usable_for_learning
+from agentrt.learning.features import FeatureEncoder, FeatureSpec
+from agentrt.learning.nets import pick_device
+from agentrt.learning.settings import LearnerSettings
+from agentrt.log import get_logger
+from agentrt.plugins import PluginRegistry
+from agentrt.policy import LearnedPolicy
+from agentrt.schemas import Experience, PolicyStatus, PolicyVersion
+from agentrt.storage import repositories
+from agentrt.storage.engine import Database
+from agentrt.types import Learner, RewardModel
+
+__all__ = ["ModelUpdater", "Trained", "learner_name", "load_policy"]
+
+log = get_logger(__name__)
+
+_BY_TYPE = {
+    "reinforcement_learning": "dqn",
+    "behavioral_learning": "behavior_cloning",
+}
+
+
+def learner_name(agent: AgentConfig, config: AgentRTConfig) -> str:
+    """The agent's learner: configured, else implied by its model's type, else ``linear``."""
+    if agent.learner:
+        return agent.learner
+    model = config.model_configuration.learning_models.get(agent.model or "")
+    if model is None:
+        return "linear"
+    if model.type == "contextual_bandit":
+        return "linear" if model.architecture == "linear" else "neural"
+    return _BY_TYPE[model.type]
+
+
+@dataclass
+class Trained:
+    """A candidate after training and checking, before it is stored."""
+
+    model: RewardModel
+    encoder: FeatureEncoder
+    actions: tuple[str, ...]
+    metrics: dict[str, Any]
+    sanity: dict[str, Any]
+
+
+def _train(
+    learner: Learner,
+    rows: Sequence[Experience],
+    actions: tuple[str, ...],
+    settings: LearnerSettings,
+    exploration: Strategy,
+) -> Trained:
+    """Runs in a worker thread: fit features and learner, evaluate, check."""
+    torch.manual_seed(settings.seed)
+    spec = FeatureSpec(dim=settings.training.feature_dim)
+    encoder = FeatureEncoder(spec).fit(r.context for r in rows)
+    data = BanditData.from_experience(rows, encoder, actions)
+    train, held_out = data.split(settings.training.holdout, settings.seed)
+    started = time.perf_counter()
+    model, metrics = learner.fit(train)
+    metrics["fit_seconds"] = time.perf_counter() - started
+    if len(held_out):
+        held_means, _ = model.predict(held_out.features)
+        predicted = held_means[np.arange(len(held_out)), held_out.action_index]
+        metrics["holdout_mse"] = float(np.mean((predicted - held_out.rewards) ** 2))
+        metrics["holdout_rows"] = len(held_out)
+    sample = held_out if len(held_out) else train
+    means, stds = model.predict(sample.features[:256])
+    return Trained(model, encoder, actions, metrics, _sanity(model, means, stds, exploration))
+
+
+def _sanity(
+    model: RewardModel,
+    means: np.ndarray[Any, Any],
+    stds: np.ndarray[Any, Any] | None,
+    exploration: Strategy,
+) -> dict[str, Any]:
+    weights_finite = all(
+        bool(torch.isfinite(t).all()) for t in model.tensors().values() if t.is_floating_point()
+    )
+    estimates_finite = bool(np.all(np.isfinite(means))) and (
+        stds is None or bool(np.all(np.isfinite(stds)))
+    )
+    probabilities_valid = estimates_finite
+    if estimates_finite:
+        for i in range(min(len(means), 64)):
+            p = exploration.probabilities(means[i], None, None if stds is None else stds[i])
+            if not (np.all(p >= 0) and abs(float(p.sum()) - 1.0) < 1e-6):
+                probabilities_valid = False
+                break
+    checks = {
+        "weights_finite": weights_finite,
+        "estimates_finite": estimates_finite,
+        "probabilities_valid": probabilities_valid,
+        "contexts_checked": len(means),
+    }
+    return {"passed": weights_finite and estimates_finite and probabilities_valid, "checks": checks}
+
+
+def _artifact(name: str, trained: Trained) -> bytes:
+    tensors = {f"model.{key}": value for key, value in trained.model.tensors().items()}
+    tensors.update(
+        {f"encoder.{key}": torch.from_numpy(v) for key, v in trained.encoder.state().items()}
+    )
+    metadata = {
+        "learner": name,
+        "actions": list(trained.actions),
+        "features": trained.encoder.spec.to_dict(),
+        "model": trained.model.describe(),
+    }
+    return dump_artifact(tensors, metadata)
+
+
+def load_policy(
+    row: PolicyVersion, registry: PluginRegistry, exploration: Strategy
+) -> LearnedPolicy:
+    """Verify a stored version's artifact and rebuild its policy.
+
+    Raises:
+        ArtifactIntegrityError: checksum, format or metadata does not verify.
+        PolicyError: the learner cannot rebuild its model from the artifact.
+    """
+    artifact = load_artifact(row.artifact, row.sha256, learner=row.learner)
+    meta = artifact.metadata
+    model_tensors = {k[6:]: v for k, v in artifact.tensors.items() if k.startswith("model.")}
+    encoder_state = {
+        k[8:]: v.numpy().astype(np.float64)
+        for k, v in artifact.tensors.items()
+        if k.startswith("encoder.")
+    }
+    learner: Any = registry.get("learner", row.learner).factory
+    try:
+        model = learner.load(model_tensors, meta["model"])
+        encoder = FeatureEncoder.from_state(FeatureSpec.from_dict(meta["features"]), encoder_state)
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise PolicyError(
+            f"{row.agent_id} v{row.version}: the {row.learner} learner cannot rebuild its model "
+            f"from the artifact: {exc}"
+        ) from exc
+    return LearnedPolicy(
+        row.version, row.learner, model, encoder, tuple(meta["actions"]), exploration
+    )
+
+
+class ModelUpdater:
+    """Trains, checks and stores candidate policies.
+
+    Args:
+        config: the whole configuration.
+        db: the database.
+        registry: where learners are looked up.
+        limiter: training slots (one by default) shared by every agent.
+    """
+
+    def __init__(
+        self,
+        config: AgentRTConfig,
+        db: Database,
+        registry: PluginRegistry,
+        limiter: anyio.CapacityLimiter | None = None,
+    ) -> None:
+        self.config = config
+        self.db = db
+        self.registry = registry
+        self.limiter = limiter or anyio.CapacityLimiter(1)
+        self.device = pick_device(config.runtime.device)
+
+    def settings(self, agent_id: str, cycle: int) -> LearnerSettings:
+        agent = self.config.agents[agent_id]
+        model = self.config.model_configuration.learning_models.get(agent.model or "")
+        seed = (self.config.runtime.seed or 0) + cycle
+        return LearnerSettings.from_model(model, agent.training, seed, self.device)
+
+    async def train(
+        self, agent_id: str, exploration: Strategy, cycle: int = 0
+    ) -> tuple[Trained | None, int, str]:
+        """Train a candidate; returns (candidate or None, usable rows, learner name)."""
+        agent = self.config.agents[agent_id]
+        name = learner_name(agent, self.config)
+        async with self.db.session() as session:
+            rows = await repositories.fetch_experience(
+                session, agent_id, limit=agent.training.window, rewarded_only=True
+            )
+        usable = [row for row in rows if usable_for_learning(row)]
+        if len(usable) < agent.training.min_rows:
+            return None, len(usable), name
+        actions = tuple(agent.actions) or tuple(sorted({row.action for row in usable}))
+        learner: Learner = self.registry.create("learner", name, self.settings(agent_id, cycle))
+        work = partial(
+            _train, learner, usable, actions, self.settings(agent_id, cycle), exploration
+        )
+        trained = await anyio.to_thread.run_sync(work, limiter=self.limiter)
+        return trained, len(usable), name
+
+    async def store(
+        self,
+        agent_id: str,
+        name: str,
+        trained: Trained,
+        parent: int | None,
+        *,
+        activate: bool,
+    ) -> PolicyVersion:
+        """Store a candidate; when ``activate``, make it the active version (the previous
+        active one is retired)."""
+        artifact = _artifact(name, trained)
+        validation = {"sanity": trained.sanity}
+        async with self.db.session() as session:
+            version = await repositories.next_policy_version(session, agent_id)
+            status: PolicyStatus = "active" if activate else "rejected"
+            reason = None if activate else "sanity checks failed"
+            policy = PolicyVersion(
+                agent_id=agent_id,
+                version=version,
+                parent_version=parent,
+                learner=name,
+                status="candidate",
+                metrics=_jsonable(trained.metrics),
+                validation=validation,
+                artifact_metadata={"actions": list(trained.actions), "learner": name},
+                artifact=artifact,
+                sha256=sha256(artifact),
+            )
+            await repositories.store_policy_version(session, policy)
+            if activate and parent is not None:
+                await repositories.set_policy_status(
+                    session, agent_id, parent, "retired", f"superseded by v{version}"
+                )
+            await repositories.set_policy_status(session, agent_id, version, status, reason)
+        return policy.model_copy(update={"status": status, "status_reason": reason})
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

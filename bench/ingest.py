@@ -1,0 +1,297 @@
+"""Ingest throughput: rows/s through ``record()`` against the raw driver's bulk path.
+
+For each backend the same rows are written twice in the same run:
+
+- the ceiling: the raw driver's bulk path on pre-encoded rows (stdlib ``sqlite3.executemany``
+  in 1,000-row transactions; asyncpg ``copy_records_to_table`` in 1,000-row batches), into a
+  fresh agentrt schema (same tables, same indexes);
+- agentrt: ``await rt.record(...)`` for every execution (one decision row and one feedback row
+  each), from one producer in ``buffered`` mode, and from 100 concurrent producers in ``sync``
+  mode, timed until everything is committed.
+
+Prints rows/s and the ratio to the ceiling, and writes ``bench/results/ingest.json``.
+Targets: >= 0.6 of the ceiling buffered, >= 0.3 sync with 100 callers.
+
+    python bench/ingest.py                 # SQLite and PostgreSQL (if it answers), 50k executions
+    python bench/ingest.py --rows 200000 --backends sqlite
+    python bench/ingest.py --memory        # 1M executions, resident memory every 100k
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import resource
+import sqlite3
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from agentrt import Runtime, load_config
+from agentrt.config import DatabaseConfig
+from agentrt.schemas import Decision, Feedback
+from agentrt.storage import bulk
+from agentrt.storage.engine import Database
+from agentrt.storage.migrate import ensure_schema
+
+ACTIONS = ("search", "sql", "ask_human")
+TOPICS = ("billing", "outage", "account", "refund")
+PG_ADMIN = os.environ.get("AGENTRT_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def context(i: int) -> dict[str, Any]:
+    return {"topic": TOPICS[i % 4], "len": 100 + i % 900, "vip": i % 7 == 0}
+
+
+def rows(n: int) -> tuple[list[Decision], list[Feedback]]:
+    start = datetime.now(UTC)
+    decisions, feedback = [], []
+    for i in range(n):
+        d = Decision(
+            agent_id="router",
+            action=ACTIONS[i % 3],
+            action_index=i % 3,
+            actions=ACTIONS,
+            context=context(i),
+            propensity=1 / 3,
+            probabilities=(1 / 3,) * 3,
+            exploration={"method": "recorded"},
+            created_at=start + timedelta(microseconds=i),
+        )
+        decisions.append(d)
+        feedback.append(
+            Feedback(decision_id=d.id, reward=float(i % 2), outcome={"latency_ms": i % 50})
+        )
+    return decisions, feedback
+
+
+def config(url: str, durability: str, buffer_size: int = 10_000) -> Any:
+    return load_config(
+        None,
+        {
+            "database": {"url": url},
+            "runtime": {
+                "durability": durability,
+                "auto_migrate": True,
+                "buffer_size": buffer_size,
+                "seed": 1,
+            },
+            "agents": {"router": {"actions": list(ACTIONS)}},
+            "experience_configuration": {"collection": {"batch_size": 1000}},
+        },
+    )
+
+
+async def migrated(url: str) -> None:
+    db = Database(DatabaseConfig(url=url))
+    try:
+        await ensure_schema(db, auto_migrate=True)
+    finally:
+        await db.dispose()
+
+
+# -- ceilings ----------------------------------------------------------------------------
+
+
+async def sqlite_ceiling(path: Path, n: int) -> float:
+    await migrated(f"sqlite+aiosqlite:///{path}")
+    decisions, feedback = rows(n)
+    drows = [bulk._sqlite_decision(d) for d in decisions]
+    frows = [bulk._sqlite_feedback(f) for f in feedback]
+    connection = sqlite3.connect(path)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")
+    d_sql = bulk._sqlite_insert("decisions", bulk.DECISION_COLUMNS)
+    f_sql = bulk._sqlite_insert("feedback", bulk.FEEDBACK_COLUMNS)
+    started = time.perf_counter()
+    for s in range(0, n, 500):  # 500 executions = 1,000 rows per transaction
+        with connection:
+            connection.executemany(d_sql, drows[s : s + 500])
+            connection.executemany(f_sql, frows[s : s + 500])
+    elapsed = time.perf_counter() - started
+    connection.close()
+    return 2 * n / elapsed
+
+
+async def pg_ceiling(url: str, n: int) -> float:
+    import asyncpg
+
+    await migrated(url)
+    decisions, feedback = rows(n)
+    drows = [bulk._pg_decision(d) for d in decisions]
+    frows = [bulk._pg_feedback(f) for f in feedback]
+    connection = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        started = time.perf_counter()
+        for s in range(0, n, 500):
+            async with connection.transaction():
+                await connection.copy_records_to_table(
+                    "decisions", records=drows[s : s + 500], columns=list(bulk.DECISION_COLUMNS)
+                )
+                await connection.copy_records_to_table(
+                    "feedback", records=frows[s : s + 500], columns=list(bulk.FEEDBACK_COLUMNS)
+                )
+        elapsed = time.perf_counter() - started
+    finally:
+        await connection.close()
+    return 2 * n / elapsed
+
+
+# -- agentrt -----------------------------------------------------------------------------
+
+
+async def agentrt_buffered(url: str, n: int) -> float:
+    contexts = [context(i) for i in range(n)]
+    async with Runtime(config(url, "buffered")) as rt:
+        started = time.perf_counter()
+        for i in range(n):
+            await rt.record(
+                "router", contexts[i], ACTIONS[i % 3], float(i % 2),
+                propensity=1 / 3, outcome={"latency_ms": i % 50},
+            )  # fmt: skip
+        await rt.flush()
+        elapsed = time.perf_counter() - started
+    return 2 * n / elapsed
+
+
+async def agentrt_sync(url: str, n: int, callers: int = 100) -> float:
+    per_caller = n // callers
+
+    async with Runtime(config(url, "sync")) as rt:
+
+        async def caller(k: int) -> None:
+            for j in range(per_caller):
+                i = k * per_caller + j
+                await rt.record("router", context(i), ACTIONS[i % 3], float(i % 2), propensity=1 / 3)
+
+        started = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for k in range(callers):
+                tg.start_soon(caller, k)
+        elapsed = time.perf_counter() - started
+    return 2 * per_caller * callers / elapsed
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+async def memory_profile(url: str, n: int) -> list[tuple[int, float]]:
+    samples = []
+    async with Runtime(config(url, "buffered")) as rt:
+        for i in range(n):
+            await rt.record("router", context(i), ACTIONS[i % 3], float(i % 2), propensity=1 / 3)
+            if i % 100_000 == 0:
+                samples.append((i, rss_mib()))
+        await rt.flush()
+        samples.append((n, rss_mib()))
+    return samples
+
+
+# -- driver --------------------------------------------------------------------------------
+
+
+async def fresh_pg_database() -> str | None:
+    try:
+        import asyncpg
+    except ImportError:
+        return None
+    admin_dsn = PG_ADMIN.replace("postgresql+asyncpg", "postgresql")
+    try:
+        admin = await asyncpg.connect(admin_dsn, timeout=5)
+    except (OSError, asyncpg.PostgresError):
+        return None
+    name = f"agentrt_bench_{uuid.uuid4().hex[:8]}"
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+
+
+async def drop_pg_database(url: str) -> None:
+    import asyncpg
+
+    admin = await asyncpg.connect(PG_ADMIN.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+async def run_backend(backend: str, n: int, workdir: Path) -> dict[str, float] | None:
+    results: dict[str, float] = {}
+    for label, kind in (("ceiling", "ceiling"), ("buffered", "buffered"), ("sync_100", "sync")):
+        gc.collect()
+        if backend == "sqlite":
+            path = workdir / f"{label}.db"
+            url = f"sqlite+aiosqlite:///{path}"
+            if kind == "ceiling":
+                results[label] = await sqlite_ceiling(path, n)
+            elif kind == "buffered":
+                results[label] = await agentrt_buffered(url, n)
+            else:
+                results[label] = await agentrt_sync(url, n)
+        else:
+            pg_url = await fresh_pg_database()
+            if pg_url is None:
+                print("postgresql: no server answers; skipped")
+                return None
+            try:
+                if kind == "ceiling":
+                    results[label] = await pg_ceiling(pg_url, n)
+                elif kind == "buffered":
+                    results[label] = await agentrt_buffered(pg_url, n)
+                else:
+                    results[label] = await agentrt_sync(pg_url, n)
+            finally:
+                await drop_pg_database(pg_url)
+    return results
+
+
+async def main(args: argparse.Namespace) -> None:
+    report: dict[str, Any] = {"executions": args.rows, "python": sys.version.split()[0]}
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        for backend in args.backends:
+            results = await run_backend(backend, args.rows, workdir)
+            if results is None:
+                continue
+            ceiling = results["ceiling"]
+            print(f"{backend}: ceiling (raw bulk path) {ceiling:,.0f} rows/s")
+            for label, target in (("buffered", 0.6), ("sync_100", 0.3)):
+                ratio = results[label] / ceiling
+                mark = "ok" if ratio >= target else "BELOW TARGET"
+                print(
+                    f"{backend}: agentrt {label:<9} {results[label]:>10,.0f} rows/s  "
+                    f"ratio {ratio:.2f} (target {target}) {mark}"
+                )
+                results[f"{label}_ratio"] = ratio
+            report[backend] = results
+        if args.memory:
+            samples = await memory_profile(f"sqlite+aiosqlite:///{workdir / 'memory.db'}", 1_000_000)
+            print("memory while ingesting 1M executions into SQLite (executions: RSS MiB):")
+            print("  " + ", ".join(f"{i:,}: {mib:.0f}" for i, mib in samples))
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            print(f"  peak RSS of the whole run: {peak:.0f} MiB")
+            report["memory_mib"] = samples
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "ingest.json").write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=50_000, help="executions per measurement")
+    parser.add_argument("--backends", nargs="+", default=["sqlite", "postgresql"])
+    parser.add_argument("--memory", action="store_true", help="also profile memory over 1M executions")
+    anyio.run(main, parser.parse_args())
