@@ -7,6 +7,7 @@ they enter agentrt (YAML, SQLAlchemy, plugin import, artifact load), and chained
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Sequence
 
 __all__ = [
@@ -24,6 +25,12 @@ __all__ = [
     "UnknownActionError",
     "UnknownDecisionError",
 ]
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel = 3
+_SHORT.maxstring = 200
+_SHORT.maxother = 200
 
 
 class AgentRTError(Exception):
@@ -89,7 +96,7 @@ class InvalidInputError(AgentRTError, ValueError):
         self.field = field
         self.value = value
         self.problem = problem
-        shown = repr(value)
+        shown = _SHORT.repr(value)  # bounded: a huge or deeply nested value stays printable
         if len(shown) > 120:
             shown = shown[:117] + "..."
         super().__init__(f"{field}: {problem} (got {shown})")

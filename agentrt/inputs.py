@@ -7,9 +7,10 @@ the rule, so that a bad call fails loudly at its source and never reaches the da
 from __future__ import annotations
 
 import math
+import re
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -28,6 +29,19 @@ __all__ = [
 ]
 
 _MISSING = object()
+# Integers are stored in JSON and encoded as floats: they must fit in 64 bits.
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+_UUID_TEXT = re.compile(
+    r"^(?:[0-9a-fA-F]{32}|[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12})$"
+)
+
+
+def _number(value: object) -> float:
+    """``float(value)`` for an int or float; NaN when it does not fit (huge integers)."""
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except OverflowError:
+        return math.nan
 
 
 def _plain_scalar(value: object) -> object:
@@ -36,7 +50,7 @@ def _plain_scalar(value: object) -> object:
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int):
-        return int(value)
+        return int(value) if _INT_MIN <= value <= _INT_MAX else _MISSING
     if isinstance(value, float):
         return float(value) if math.isfinite(value) else _MISSING
     if isinstance(value, str):
@@ -55,13 +69,8 @@ def check_context(context: object, max_bytes: int) -> dict[str, ContextValue]:
         if type(key) is not str:
             raise InvalidInputError("context", key, "keys must be strings")
         kind = type(value)
-        if (
-            kind is str
-            or kind is int
-            or kind is bool
-            or value is None
-            or (kind is float and value - value == 0.0)
-        ):
+        # The common plain types first; `value - value == 0.0` is False for NaN and inf.
+        if kind is str or kind is bool or value is None or (kind is float and value - value == 0.0):
             out[key] = value
         elif (plain := _plain_scalar(value)) is not _MISSING:
             out[key] = plain  # type: ignore[assignment]
@@ -75,7 +84,8 @@ def check_context(context: object, max_bytes: int) -> dict[str, ContextValue]:
             raise InvalidInputError(
                 f"context[{key!r}]",
                 value,
-                "must be a finite number, a boolean, a string, None, or a list of those",
+                "must be a finite number, a boolean, a string, None, or a list of those "
+                "(integers within 64 bits)",
             )
     size = len(orjson.dumps(out))
     if size > max_bytes:
@@ -88,49 +98,49 @@ def check_context(context: object, max_bytes: int) -> dict[str, ContextValue]:
 
 
 def check_outcome(outcome: object, max_bytes: int, field: str = "outcome") -> dict[str, Any] | None:
-    """An outcome mapping that serialises to strict JSON within the size limit."""
+    """An outcome mapping as plain JSON data (nested mappings become dicts) within the limit."""
     if outcome is None:
         return None
-    if not isinstance(outcome, Mapping) or not all(isinstance(k, str) for k in outcome):
+    if not isinstance(outcome, Mapping):
         raise InvalidInputError(field, outcome, "must be a mapping with string keys")
-    problem = _json_problem(outcome, 0)
-    if problem is not None:
+    try:
+        plain = _plain_json(outcome, 0)
+    except _NotJSON as exc:
         raise InvalidInputError(
-            field,
-            outcome,
-            f"must hold only JSON values (finite numbers, strings, lists...): {problem}",
-        )
-    size = len(orjson.dumps(outcome))
+            field, outcome, f"must hold only JSON values (finite numbers, strings, lists...): {exc}"
+        ) from None
+    size = len(orjson.dumps(plain))
     if size > max_bytes:
         raise InvalidInputError(
             field, f"<{size} bytes>", f"is larger than runtime.max_context_bytes ({max_bytes})"
         )
-    return dict(outcome)
+    return cast("dict[str, Any]", plain)
 
 
-def _json_problem(value: object, depth: int) -> str | None:
-    """Why ``value`` is not strict JSON (NaN, sets, objects, non-string keys), or None."""
+class _NotJSON(Exception):
+    """Raised inside _plain_json; turned into InvalidInputError by its caller."""
+
+
+def _plain_json(value: object, depth: int) -> object:
+    """``value`` as plain JSON data, or _NotJSON saying why it is not (NaN, sets, objects,
+    non-string keys, integers beyond 64 bits, nesting deeper than 32)."""
     if depth > 32:
-        return "nested more than 32 levels deep"
-    if value is None or isinstance(value, str | bool | int):
-        return None
-    if isinstance(value, float):
-        return None if math.isfinite(value) else f"{value} is not a finite number"
+        raise _NotJSON("nested more than 32 levels deep")
     if isinstance(value, Mapping):
+        out: dict[str, object] = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                return f"key {key!r} is not a string"
-            problem = _json_problem(item, depth + 1)
-            if problem is not None:
-                return problem
-        return None
+                raise _NotJSON(f"key {key!r:.40} is not a string")
+            out[key] = _plain_json(item, depth + 1)
+        return out
     if isinstance(value, list | tuple):
-        for item in value:
-            problem = _json_problem(item, depth + 1)
-            if problem is not None:
-                return problem
-        return None
-    return f"{type(value).__name__} is not a JSON type"
+        return [_plain_json(item, depth + 1) for item in value]
+    plain = _plain_scalar(value)
+    if plain is _MISSING:
+        if isinstance(value, int | float):
+            raise _NotJSON(f"{value!r:.40} is not a finite number within 64-bit range")
+        raise _NotJSON(f"{type(value).__name__} is not a JSON type")
+    return plain
 
 
 def check_reward(reward: object, field: str = "reward") -> float:
@@ -139,7 +149,7 @@ def check_reward(reward: object, field: str = "reward") -> float:
         return 1.0 if reward else 0.0
     if not isinstance(reward, int | float):
         raise InvalidInputError(field, reward, "must be a finite number")
-    value = float(reward)
+    value = _number(reward)
     if not math.isfinite(value):
         raise InvalidInputError(field, reward, "must be a finite number (not NaN or infinite)")
     return value
@@ -151,11 +161,8 @@ def check_decision_id(decision: object) -> uuid.UUID:
         return decision.id
     if isinstance(decision, uuid.UUID):
         return decision
-    if isinstance(decision, str):
-        try:
-            return uuid.UUID(decision)
-        except ValueError:
-            pass
+    if isinstance(decision, str) and _UUID_TEXT.match(decision):
+        return uuid.UUID(decision)
     raise InvalidInputError("decision", decision, "must be a Decision, a UUID or a UUID string")
 
 
@@ -229,7 +236,7 @@ def check_propensity(propensity: object) -> float | None:
         return None
     if isinstance(propensity, bool) or not isinstance(propensity, int | float):
         raise InvalidInputError("propensity", propensity, "must be a number in (0, 1] or None")
-    value = float(propensity)
+    value = _number(propensity)
     if not (math.isfinite(value) and 0.0 < value <= 1.0):
         raise InvalidInputError(
             "propensity", propensity, "must be in (0, 1] (or None when unknown)"
@@ -246,7 +253,7 @@ def check_distribution(
     if isinstance(probabilities, str) or not isinstance(probabilities, Sequence):
         raise InvalidInputError("probabilities", probabilities, "must be a list of numbers")
     values = tuple(
-        float(p) if isinstance(p, int | float) and not isinstance(p, bool) else math.nan
+        _number(p) if isinstance(p, int | float) and not isinstance(p, bool) else math.nan
         for p in probabilities
     )
     if len(values) != len(actions):

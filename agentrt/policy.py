@@ -56,14 +56,15 @@ class BaselinePolicy:
     ) -> Choice:
         """Draw an action for one call."""
         fixed = self.config.action
-        if self.config.policy == "fixed" and fixed is not None and fixed in actions:
+        if self.config.policy != "fixed" or fixed is None:
+            return _uniform(allowed, len(actions), rng)
+        if fixed in actions:
             index = actions.index(fixed)
             if allowed is None or allowed[index]:
                 probabilities = tuple(1.0 if i == index else 0.0 for i in range(len(actions)))
                 return Choice(index, probabilities, None, {"method": "fixed"})
-            choice = _uniform(allowed, len(actions), rng)
-            return choice._replace(exploration={"method": "uniform", "reason": "fixed_unavailable"})
-        return _uniform(allowed, len(actions), rng)
+        choice = _uniform(allowed, len(actions), rng)
+        return choice._replace(exploration={"method": "uniform", "reason": "fixed_unavailable"})
 
 
 class LearnedPolicy:

@@ -174,6 +174,8 @@ class Runtime(AsyncContextManagerMixin):
             log.info("runtime_stopped", **vars(collector.stats))
         finally:
             self._collector = None
+            self._db = None
+            self._updater = None
             with anyio.CancelScope(shield=True):
                 await db.dispose()
 
@@ -285,10 +287,7 @@ class Runtime(AsyncContextManagerMixin):
         chosen_mode: DecisionMode = agent.mode if mode is None else mode
         if chosen_mode not in _MODES:
             raise InvalidInputError("mode", mode, "must be live, shadow or deferred")
-        if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
-            raise InvalidInputError("step", step, "must be a non-negative integer")
-        if episode_id is not None and not isinstance(episode_id, uuid.UUID):
-            raise InvalidInputError("episode_id", episode_id, "must be a UUID")
+        _check_step(episode_id, step)
         choice = self._choose(agent_id, ctx, offered, allowed)
         policy_action: str | None = None
         if chosen_mode == "shadow":
@@ -644,6 +643,7 @@ class Runtime(AsyncContextManagerMixin):
                 "action", action, f"is not among the actions ({', '.join(offered)})"
             )
         index = offered.index(action)
+        _check_step(episode_id, step)
         known_propensity = check_propensity(propensity)
         distribution = check_distribution(probabilities, offered, index, known_propensity)
         if distribution is not None and known_propensity is None:
@@ -788,7 +788,11 @@ class Runtime(AsyncContextManagerMixin):
             if window is None or default is None:
                 continue
             cutoff = now - window
-            since = self._swept.get(agent_id)
+            # Look back a day behind the previous sweep: decisions that reach the database
+            # late (buffered, replayed from a spill file, written by another process) still
+            # get their default. The first sweep after start scans everything.
+            swept = self._swept.get(agent_id)
+            since = None if swept is None else swept - max(timedelta(days=1), 2 * window)
             async with self.database.session() as session:
                 pending = await repositories.unrewarded_decision_ids(
                     session, agent_id, before=cutoff, since=since
@@ -821,6 +825,13 @@ class Runtime(AsyncContextManagerMixin):
                 await self.apply_default_rewards()
             except Exception as exc:  # the stage supervisor: log, record, keep serving
                 log.error("stage_failed", stage="reward_window", error=repr(exc))
+
+
+def _check_step(episode_id: object, step: object) -> None:
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+        raise InvalidInputError("step", step, "must be a non-negative integer")
+    if episode_id is not None and not isinstance(episode_id, uuid.UUID):
+        raise InvalidInputError("episode_id", episode_id, "must be a UUID")
 
 
 def _check_source(source: object) -> str | None:

@@ -71,6 +71,14 @@ class FeatureSpec:
         )
 
 
+def _as_float(value: float) -> float:
+    """``float(value)``; integers beyond the float range become NaN (they contribute 0)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.nan
+
+
 class FeatureEncoder:
     """Encodes contexts into ``float32`` vectors of width ``spec.dim``.
 
@@ -111,22 +119,24 @@ class FeatureEncoder:
         return found
 
     def _numbers(self, context: Mapping[str, Any]) -> Iterable[tuple[int, float]]:
-        for key, value in context.items():
+        for key, value in sorted(context.items()):
             if isinstance(value, bool) or value is None:
                 continue
             if isinstance(value, int | float):
-                yield self._slot(f"n:{key}")[0], float(value)
+                yield self._slot(f"n:{key}")[0], _as_float(value)
             elif isinstance(value, list | tuple):
                 for i, item in enumerate(value[: self.spec.max_list]):
                     if isinstance(item, int | float) and not isinstance(item, bool):
-                        yield self._slot(f"n:{key}[{i}]")[0], float(item)
+                        yield self._slot(f"n:{key}[{i}]")[0], _as_float(item)
 
     # -- statistics ------------------------------------------------------------------------
 
     def update(self, context: Mapping[str, Any]) -> None:
         """Add one context's numbers to the running statistics."""
         for slot, value in self._numbers(context):
-            if not math.isfinite(value):
+            # Beyond 1e150 the squared deviations would overflow float64: such values are
+            # clipped at encoding anyway, so they do not move the statistics.
+            if not math.isfinite(value) or abs(value) > 1e150:
                 continue
             self.count[slot] += 1
             delta = value - self.mean[slot]
@@ -166,24 +176,28 @@ class FeatureEncoder:
         return out
 
     def _encode_into(self, context: Mapping[str, Any], out: npt.NDArray[np.float32]) -> None:
+        # Sums per slot in float64, keys in sorted order: the vector does not depend on the
+        # order of the context's keys (a database may return JSON objects reordered).
+        acc = np.zeros(self.spec.dim, dtype=np.float64)
         for slot, value in self._numbers(context):
-            out[slot] += self._scale(slot, value)
-        for key, value in context.items():
+            acc[slot] += self._scale(slot, value)
+        for key, value in sorted(context.items()):
             if isinstance(value, bool):
                 slot, _sign = self._slot(f"b:{key}")
-                out[slot] += 1.0 if value else -1.0
+                acc[slot] += 1.0 if value else -1.0
             elif isinstance(value, str):
-                self._encode_string(key, value, out)
+                self._encode_string(key, value, acc)
             elif isinstance(value, list | tuple):
                 for item in value[: self.spec.max_list]:
                     if isinstance(item, str | bool):
                         slot, sign = self._slot(f"c:{key}={item}")
-                        out[slot] += sign
+                        acc[slot] += sign
+        out[:] = acc
 
-    def _encode_string(self, key: str, value: str, out: npt.NDArray[np.float32]) -> None:
+    def _encode_string(self, key: str, value: str, acc: npt.NDArray[np.float64]) -> None:
         if not any(ch.isspace() for ch in value):
             slot, sign = self._slot(f"c:{key}={value}")
-            out[slot] += sign
+            acc[slot] += sign
             return
         words = _WORD.findall(value.lower())[: self.spec.max_words]
         if not words:
@@ -191,7 +205,7 @@ class FeatureEncoder:
         weight = 1.0 / math.sqrt(len(words))
         for word in words:
             slot, sign = self._slot(f"t:{key}:{word}")
-            out[slot] += sign * weight
+            acc[slot] += sign * weight
 
     # -- persistence -----------------------------------------------------------------------
 

@@ -248,6 +248,9 @@ class ExperienceCollector:
                 # Shutdown ran out of time: what is still buffered goes to disk, not away.
                 self._spill_remaining()
                 raise
+            finally:
+                self.spill.current.close()
+                self.rejected.close()
 
     async def _next_batch(self) -> tuple[_Batch, bool]:
         """The next batch: by size, or whatever arrived within the flush interval."""
@@ -311,10 +314,11 @@ class ExperienceCollector:
                 continue
             self.stats.written += len(records)
             self.stats.batches += 1
-            # Before settling: a flush returns once the knowledge of its batch is written too.
+            # Before settling, so that a flush returns with the batch's knowledge rows, orphan
+            # counts and any spill replay done too.
             await self._write_knowledge()
-            batch.settle()
             await self._after_commit(records)
+            batch.settle()
             return
 
     def _process(self, records: list[ExperienceRecord]) -> list[ExperienceRecord]:
@@ -372,8 +376,12 @@ class ExperienceCollector:
         )
 
     async def _insert_one_by_one(self, records: Sequence[ExperienceRecord], batch: _Batch) -> None:
-        """Write a refused batch one record at a time; keep the refused ones in a file."""
-        first_error: StorageError | None = None
+        """Write a refused batch one record at a time; keep the refused ones in a file.
+
+        Each waiting caller learns about its own records only: one refused record does not
+        fail the callers whose records were committed in the same batch.
+        """
+        refused: dict[uuid.UUID, StorageError] = {}
         for record in records:
             try:
                 await self._insert([record])
@@ -382,7 +390,7 @@ class ExperienceCollector:
                 if exc.transient:
                     self._spill([record])
                     continue
-                first_error = first_error or exc
+                refused[record.id] = exc
                 self.rejected.append([record])
                 self.stats.rejected += 1
                 log.error(
@@ -393,7 +401,11 @@ class ExperienceCollector:
                     error=str(exc),
                     path=str(self.rejected.path),
                 )
-        batch.settle(first_error)
+        for item in batch.items:
+            if item.done is not None:
+                errors = [refused[r.id] for r in item.records if r.id in refused]
+                item.error = errors[0] if errors else None
+                item.done.set()
 
     async def _write_knowledge(self) -> None:
         """Write the knowledge rows the processors added; losing them never fails a batch."""

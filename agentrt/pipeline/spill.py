@@ -82,7 +82,7 @@ def read_spill(path: Path) -> tuple[list[ExperienceRecord], int]:
                 if hashlib.sha256(data.encode("utf-8")).hexdigest() != line["sha256"]:
                     raise ValueError("checksum mismatch")
                 records.append(_KINDS[line["kind"]].model_validate_json(data))
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, AttributeError):
                 corrupt += 1
     return records, corrupt
 
@@ -103,7 +103,13 @@ class SpillDirectory:
         """Spill files waiting for replay, oldest first (this process's own included)."""
         if not self.directory.is_dir():
             return []
-        return sorted(self.directory.glob("spill-*.jsonl"), key=lambda p: p.stat().st_mtime)
+        found = []
+        for path in self.directory.glob("spill-*.jsonl"):
+            try:
+                found.append((path.stat().st_mtime, path))
+            except FileNotFoundError:  # replayed and deleted by another process meanwhile
+                continue
+        return [path for _, path in sorted(found)]
 
     @contextlib.contextmanager
     def claim(self, path: Path) -> Iterator[list[ExperienceRecord] | None]:

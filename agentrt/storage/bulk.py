@@ -9,6 +9,8 @@ them back unchanged.
 
 from __future__ import annotations
 
+import json
+import math
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -17,6 +19,7 @@ from typing import Any
 import orjson
 from sqlalchemy import select
 
+from agentrt.errors import StorageError
 from agentrt.schemas import Decision, Episode, Feedback
 from agentrt.storage.engine import Database
 from agentrt.storage.tables import DecisionRow
@@ -25,7 +28,25 @@ __all__ = ["existing_decision_ids", "write_experience"]
 
 
 def _dumps(value: object) -> str:
-    return orjson.dumps(value).decode()
+    """Strict JSON text: orjson when it can, the json module for what orjson cannot encode
+    (integers beyond 64 bits); NaN and infinities raise ValueError (orjson would write null)."""
+    try:
+        text = orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return json.dumps(value, allow_nan=False, separators=(",", ":"))
+    if b"null" in text and _has_non_finite(value):
+        raise ValueError(f"JSON value {value!r:.80} holds NaN or an infinite number")
+    return text.decode()
+
+
+def _has_non_finite(value: object) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_non_finite(item) for item in value)
+    return False
 
 
 DECISION_COLUMNS = (
@@ -132,23 +153,27 @@ async def write_experience(
     groups: tuple[Sequence[Any], ...] = (decisions, feedback, episodes)
     if not any(groups):
         return
+    plan = _SQLITE_PLAN if db.dialect == "sqlite" else _PG_PLAN
+    try:
+        encoded = [
+            (table, columns, [encode(r) for r in groups[index]])
+            for table, columns, encode, index in plan
+            if groups[index]
+        ]
+    except (TypeError, ValueError) as exc:
+        raise StorageError(f"a record cannot be stored as JSON: {exc}", transient=False) from exc
     async with db.connect() as connection:
         raw = await connection.get_raw_connection()
         driver: Any = raw.driver_connection
         if db.dialect == "sqlite":
-            for table, columns, encode, index in _SQLITE_PLAN:
-                if groups[index]:
-                    await driver.executemany(
-                        _sqlite_insert(table, columns), [encode(r) for r in groups[index]]
-                    )
+            for table, columns, rows in encoded:
+                await driver.executemany(_sqlite_insert(table, columns), rows)
         else:
             # Statements on the raw driver bypass SQLAlchemy's lazy BEGIN: open our own
             # transaction so that the batch commits (or fails) as one.
             async with driver.transaction():
-                for table, columns, encode, index in _PG_PLAN:
-                    if groups[index]:
-                        rows = [encode(r) for r in groups[index]]
-                        await _pg_copy_upsert(driver, table, columns, rows)
+                for table, columns, rows in encoded:
+                    await _pg_copy_upsert(driver, table, columns, rows)
 
 
 async def _pg_copy_upsert(
