@@ -40,6 +40,8 @@ from agentrt.interpolation import interpolate
 __all__ = [
     "AgentConfig",
     "AgentRTConfig",
+    "AnalysisConfig",
+    "ChangeDetectionConfig",
     "BaselineConfig",
     "CollectionConfig",
     "DatabaseConfig",
@@ -405,10 +407,30 @@ class RetentionConfig(_Section):
     archive_dir: str = "archive"
 
 
+class ChangeDetectionConfig(_Section):
+    """The sequential change detector on an agent's reward stream."""
+
+    method: Literal["page_hinkley", "cusum"] = "page_hinkley"
+    delta: Annotated[float, Field(ge=0), AfterValidator(_finite)] = 0.005
+    threshold: PositiveFloat = 5.0
+    min_samples: PositiveInt = 30
+
+
+class AnalysisConfig(_Section):
+    """Which analyzers run in each extraction, and their sensitivity."""
+
+    methods: list[Name] = []
+    change_detection: ChangeDetectionConfig = ChangeDetectionConfig()
+    anomaly_threshold: PositiveFloat = 3.5
+    pattern_min_support: PositiveInt = 30
+    significance: OpenFraction = 0.01
+    confidence: OpenFraction = 0.95
+
+
 class ExperienceConfiguration(_Section):
     collection: CollectionConfig = CollectionConfig()
     processing: MethodsConfig = MethodsConfig()
-    analysis: MethodsConfig = MethodsConfig()
+    analysis: AnalysisConfig = AnalysisConfig()
     retention: RetentionConfig = RetentionConfig()
 
 

@@ -325,8 +325,8 @@ class Runtime(AsyncContextManagerMixin):
             policy_action=policy_action,
             created_at=self._clock(),
         )
-        self._known.add(decision.id, agent_id, chosen_mode)
         await self._submit(decision)
+        self._known.add(decision.id, agent_id, chosen_mode)
         return decision
 
     def _choose(
@@ -675,8 +675,8 @@ class Runtime(AsyncContextManagerMixin):
             source=_check_source(source),
             created_at=now,
         )
-        self._known.add(decision.id, agent_id, "live")
         await self._submit(decision, feedback)
+        self._known.add(decision.id, agent_id, "live")
         return decision
 
     # -- episodes and tracking -----------------------------------------------------------
@@ -741,6 +741,13 @@ class Runtime(AsyncContextManagerMixin):
         def decorator(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
             name = action or func.__name__
             signature = inspect.signature(func)
+            unknown = [a for a in arguments or () if a not in signature.parameters]
+            if unknown:
+                raise InvalidInputError(
+                    "arguments",
+                    unknown,
+                    f"are not parameters of {func.__name__} ({', '.join(signature.parameters)})",
+                )
 
             @functools.wraps(func)
             async def tracked(*args: P.args, **kwargs: P.kwargs) -> R:
