@@ -123,7 +123,8 @@ class UpperConfidenceBound:
 
     @staticmethod
     def count_bonus(counts: Vector) -> Vector:
-        """The UCB1 bonus for per-action pull counts (infinite for untried actions)."""
+        """The UCB1 bonus ``sqrt(2 ln(n + 1) / n_a)`` for per-action pull counts (a very large
+        bonus, 1e6, for untried actions)."""
         total = max(float(counts.sum()), 1.0)
         with np.errstate(divide="ignore"):
             bonus: Vector = np.sqrt(2.0 * math.log(total + 1.0) / counts)

@@ -31,9 +31,7 @@ __all__ = [
 _MISSING = object()
 # Integers are stored in JSON and encoded as floats: they must fit in 64 bits.
 _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
-_UUID_TEXT = re.compile(
-    r"^(?:[0-9a-fA-F]{32}|[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12})$"
-)
+_UUID_TEXT = re.compile(r"[0-9a-fA-F]{32}|[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 
 
 def _number(value: object) -> float:
@@ -161,7 +159,7 @@ def check_decision_id(decision: object) -> uuid.UUID:
         return decision.id
     if isinstance(decision, uuid.UUID):
         return decision
-    if isinstance(decision, str) and _UUID_TEXT.match(decision):
+    if isinstance(decision, str) and _UUID_TEXT.fullmatch(decision):
         return uuid.UUID(decision)
     raise InvalidInputError("decision", decision, "must be a Decision, a UUID or a UUID string")
 

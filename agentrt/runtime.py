@@ -112,6 +112,8 @@ class Runtime(AsyncContextManagerMixin):
         self._swept: dict[str, datetime] = {}
         # Serving: per agent the active learned policy, then its predecessor (the fallback).
         self._policies: dict[str, list[LearnedPolicy]] = {}
+        # Per agent the (version, sha256) of an active version refused at load: not retried.
+        self._refused: dict[str, tuple[int, str]] = {}
         self._exploration: dict[str, Strategy] = {
             agent_id: exploration_from_config(config.exploration_for(agent_id))
             for agent_id in config.agents
@@ -364,6 +366,8 @@ class Runtime(AsyncContextManagerMixin):
                 active = await repositories.active_policy_version(session, agent_id)
                 if active is None or active.version == self.active_version(agent_id):
                     continue
+                if self._refused.get(agent_id) == (active.version, active.sha256):
+                    continue
                 parent = (
                     await repositories.load_policy_version(session, agent_id, active.parent_version)
                     if active.parent_version is not None
@@ -376,6 +380,8 @@ class Runtime(AsyncContextManagerMixin):
                 try:
                     chain.append(load_policy(row, self.registry, self._exploration[agent_id]))
                 except AgentRTError as exc:
+                    if row is active:
+                        self._refused[agent_id] = (row.version, row.sha256)
                     log.error(
                         "policy_refused", agent=agent_id, policy_version=row.version, error=str(exc)
                     )

@@ -73,7 +73,10 @@ class ExplorationStrategy(Protocol):
     """
 
     def probabilities(
-        self, scores: npt.NDArray[np.float64], allowed: npt.NDArray[np.bool_]
+        self,
+        scores: npt.NDArray[np.float64],
+        allowed: npt.NDArray[np.bool_] | None = None,
+        uncertainty: npt.NDArray[np.float64] | None = None,
     ) -> npt.NDArray[np.float64]: ...
 
 

@@ -479,9 +479,11 @@ def test_demo_fast(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     database = out / "demo.db"
     assert database.is_file()
-    assert count_rows(database, "decisions") == 200
-    assert count_rows(database, "feedback") == 200
-    assert "router: 200 decisions" in result.stdout
+    # --fast: 6 rounds of 150 tickets, each one decision of the router and one of the prompt.
+    assert count_rows(database, "decisions") == 1800
+    assert count_rows(database, "feedback") == 1800
+    assert "summary per agent" in result.stdout
+    assert "agentrt sql --config" in result.stdout
     # Rich wraps this line at the console width; compare without whitespace.
     assert "".join(f"Stored in {database}".split()) in "".join(result.stdout.split())
 
@@ -489,7 +491,7 @@ def test_demo_fast(tmp_path: Path) -> None:
 def test_demo_relative_out_is_under_the_working_directory(tmp_path: Path) -> None:
     result = invoke("demo", "--fast", "--out", "relative-out", "--seed", "3")
     assert result.exit_code == 0, result.output
-    assert count_rows(tmp_path / "relative-out" / "demo.db", "decisions") == 200
+    assert count_rows(tmp_path / "relative-out" / "demo.db", "decisions") == 1800
 
 
 def test_demo_is_reproducible_under_a_seed(tmp_path: Path) -> None:

@@ -1,46 +1,39 @@
-"""``agentrt demo``: what the project can do today, end to end, on an embedded SQLite file.
-
-At this stage of the project the demo exercises the foundation: configuration, migrations,
-idempotent experience storage and the ``experience`` view. It simulates a support-ticket
-router that picks tools uniformly at random (the baseline every later learner must beat) and
-prints what was stored, with the SQL to inspect it yourself.
-"""
+"""``agentrt demo``: watch agents learn, on an embedded SQLite file, in about a minute."""
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 import typer
-from rich.progress import Progress
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy import text
 
 from agentrt.cli.common import DEFAULT_CONFIG, ConfigOption, console, handle_errors, load
-from agentrt.config import AgentConfig
-from agentrt.schemas import Decision, Feedback
-from agentrt.storage import migrate, repositories
+from agentrt.config import DatabaseConfig
+from agentrt.demo import DemoResult, RoundResult, run_demo
 from agentrt.storage.engine import Database
 
-TOOLS = ("search", "sql", "ask_human")
-TOPICS = ("billing", "outage", "account")
-# Probability that a tool resolves a ticket of a topic: the structure a learner should find.
-SUCCESS = {
-    ("billing", "search"): 0.35,
-    ("billing", "sql"): 0.85,
-    ("billing", "ask_human"): 0.6,
-    ("outage", "search"): 0.8,
-    ("outage", "sql"): 0.2,
-    ("outage", "ask_human"): 0.55,
-    ("account", "search"): 0.4,
-    ("account", "sql"): 0.45,
-    ("account", "ask_human"): 0.9,
-}
-QUERY = (
-    "SELECT json_extract(context, '$.topic') AS topic, action, COUNT(*) AS n, "
-    "ROUND(AVG(reward), 3) AS mean_reward FROM experience GROUP BY 1, 2 ORDER BY 1, 4 DESC"
+__all__ = ["demo"]
+
+QUERIES = (
+    (
+        "reward per agent and version",
+        "SELECT agent_id, policy_version, COUNT(*) AS decisions, ROUND(AVG(reward), 3) AS reward "
+        "FROM experience GROUP BY agent_id, policy_version ORDER BY agent_id, policy_version",
+    ),
+    (
+        "which tool works for which topic",
+        "SELECT context->>'topic' AS topic, action, COUNT(*) AS n, ROUND(AVG(reward), 3) AS reward "
+        "FROM experience WHERE agent_id = 'router' GROUP BY 1, 2 ORDER BY 1, 4 DESC",
+    ),
+    (
+        "the version history",
+        "SELECT agent_id, version, status, status_reason, activated_at FROM policy_versions "
+        "ORDER BY agent_id, version",
+    ),
 )
 
 
@@ -50,64 +43,121 @@ def demo(
     out: Annotated[Path, typer.Option(help="Directory for the demo database.")] = Path(
         "agentrt-demo"
     ),
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
-    fast: Annotated[bool, typer.Option(help="Fewer decisions, for tests.")] = False,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same run.")] = 7,
+    fast: Annotated[bool, typer.Option(help="A short run, for tests.")] = False,
 ) -> None:
-    """Run the demo on an SQLite file in --out and print what was stored.
+    """Simulated applications learn with agentrt; prints their progress and what was stored.
+
+    A support-ticket router picks tools and a second agent picks prompt templates, both
+    through agentrt's public API. Each round they decide and report rewards, then a learning
+    cycle trains and hot-swaps a new version. Midway the `sql` tool degrades for billing
+    tickets, and the router has to adapt.
 
     Example: agentrt demo --out /tmp/agentrt-demo --seed 7
     """
-    base = load(config)
-    out.mkdir(parents=True, exist_ok=True)
-    database = base.database.model_copy(update={"url": f"sqlite+aiosqlite:///{out / 'demo.db'}"})
-    db = Database(database)
-    rng = random.Random(seed)
-    count = 200 if fast else 3000
-
-    async def run() -> list[tuple[object, ...]]:
-        try:
-            await migrate.ensure_schema(db, auto_migrate=True)
-            async with db.session() as session:
-                await repositories.upsert_agents(
-                    session, {"router": AgentConfig(actions=list(TOOLS))}
-                )
-            with Progress(console=console, transient=True) as progress:
-                task = progress.add_task("router: uniform baseline", total=count)
-                for start in range(0, count, 100):
-                    decisions, feedback = [], []
-                    for _ in range(min(100, count - start)):
-                        topic = rng.choice(TOPICS)
-                        index = rng.randrange(len(TOOLS))
-                        decision = Decision(
-                            agent_id="router",
-                            context={"topic": topic},
-                            actions=TOOLS,
-                            action=TOOLS[index],
-                            action_index=index,
-                            propensity=1 / len(TOOLS),
-                            probabilities=(1 / len(TOOLS),) * len(TOOLS),
-                            exploration={"method": "uniform"},
-                        )
-                        reward = 1.0 if rng.random() < SUCCESS[(topic, TOOLS[index])] else 0.0
-                        decisions.append(decision)
-                        feedback.append(Feedback(decision_id=decision.id, reward=reward))
-                    async with db.session() as session:
-                        await repositories.insert_decisions(session, decisions)
-                        await repositories.insert_feedback(session, feedback)
-                    progress.advance(task, len(decisions))
-            async with db.connect() as connection:
-                return [tuple(row) for row in await connection.execute(text(QUERY))]
-        finally:
-            await db.dispose()
-
-    rows = anyio.run(run)
-    table = Table(title=f"router: {count} decisions by the uniform baseline (seed {seed})")
-    for column in ("topic", "action", "n", "mean reward"):
+    load(config)  # validates --config and configures logging like every command
+    rounds, per_round = (6, 150) if fast else (10, 500)
+    table = Table(title=f"agentrt demo (seed {seed}): mean reward per round")
+    for column in ("round", "router", "router version", "prompt", "prompt version", "note"):
         table.add_column(column)
-    for row in rows:
-        table.add_row(*(str(value) for value in row))
+
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task("learning rounds", total=rounds)
+
+        def on_round(result: RoundResult) -> None:
+            note = (
+                "drift: sql degrades for billing"
+                if result.drifted and result.index == rounds // 2
+                else ""
+            )
+            table.add_row(
+                str(result.index),
+                f"{result.rewards['router']:.3f}",
+                _version(result.versions["router"]),
+                f"{result.rewards['prompt']:.3f}",
+                _version(result.versions["prompt"]),
+                note,
+            )
+            progress.advance(task)
+
+        result = anyio.run(
+            lambda: run_demo(
+                out, seed=seed, rounds=rounds, decisions_per_round=per_round, on_round=on_round
+            )
+        )
     console.print(table)
-    console.print(f"Stored in {out / 'demo.db'}. Inspect it with SQL, for example:", markup=False)
-    console.print(
-        f'  sqlite3 {out / "demo.db"} "{QUERY}"', highlight=False, soft_wrap=True, markup=False
-    )
+    console.print(_summary(result))
+    inspect = out / "agentrt.yaml"
+    inspect.write_text(f"database:\n  url: sqlite+aiosqlite:///{result.database.resolve()}\n")
+    console.print(f"\nStored in {result.database}. Inspect it with `agentrt sql`:", markup=False)
+    for title, query in QUERIES:
+        console.print(f"  # {title}", markup=False, highlight=False)
+        console.print(
+            f'  agentrt sql --config {inspect} "{query}"',
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def _version(version: int | None) -> str:
+    return "baseline" if version is None else f"v{version}"
+
+
+def _summary(result: DemoResult) -> Table:
+    counts = anyio.run(_counts, result.database)
+    table = Table(title="summary per agent")
+    for column in (
+        "agent",
+        "baseline reward",
+        "learned (before drift)",
+        "after drift",
+        "versions active/retired/rejected",
+        "decisions",
+        "rows stored",
+    ):
+        table.add_column(column)
+    for agent in ("router", "prompt"):
+        statuses = counts["versions"].get(agent, {})
+        table.add_row(
+            agent,
+            f"{result.baseline_reward(agent):.3f}",
+            f"{result.learned_reward(agent):.3f}",
+            f"{result.after_drift_reward(agent):.3f}",
+            "/".join(str(statuses.get(s, 0)) for s in ("active", "retired", "rejected")),
+            str(counts["decisions"].get(agent, 0)),
+            str(counts["rows"].get(agent, 0)),
+        )
+    return table
+
+
+_COUNT_SQL = {
+    "decisions": "SELECT agent_id, COUNT(*) FROM decisions GROUP BY agent_id",
+    "feedback": "SELECT d.agent_id, COUNT(*) FROM decisions d JOIN feedback f "
+    "ON f.decision_id = d.id GROUP BY d.agent_id",
+}
+_VERSIONS_SQL = "SELECT agent_id, status, COUNT(*) FROM policy_versions GROUP BY agent_id, status"
+
+
+async def _counts(database: Path) -> dict[str, dict[str, Any]]:
+    db = Database(DatabaseConfig(url=f"sqlite+aiosqlite:///{database}"))
+    found: dict[str, dict[str, int]] = {}
+    versions: dict[str, dict[str, int]] = {}
+    try:
+        async with db.connect() as connection:
+            for name, sql in _COUNT_SQL.items():
+                result = await connection.execute(text(sql))
+                found[name] = {agent: count for agent, count in result}
+            for agent, status, count in await connection.execute(text(_VERSIONS_SQL)):
+                versions.setdefault(agent, {})[status] = count
+    finally:
+        await db.dispose()
+    decisions = found["decisions"]
+    rows = {agent: decisions.get(agent, 0) + n for agent, n in found["feedback"].items()}
+    return {"decisions": decisions, "rows": rows, "versions": versions}

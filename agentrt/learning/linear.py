@@ -30,8 +30,10 @@ class LinearModel:
     """Per-action ridge estimates: ``theta`` (K, D) and ``a_inv`` (K, D, D), D = features + 1."""
 
     def __init__(self, theta: torch.Tensor, a_inv: torch.Tensor) -> None:
-        self.theta = theta.to(torch.float64).cpu()
-        self.a_inv = a_inv.to(torch.float64).cpu()
+        # torch.linalg.inv returns column-major matrices; a contiguous copy makes the trained
+        # model and the one loaded from its artifact compute bit-identical estimates.
+        self.theta = theta.to(torch.float64).cpu().contiguous()
+        self.a_inv = a_inv.to(torch.float64).cpu().contiguous()
         self._theta = self.theta.numpy()
         self._a_inv = self.a_inv.numpy()
 

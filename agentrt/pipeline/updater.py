@@ -248,10 +248,10 @@ class ModelUpdater:
                 sha256=sha256(artifact),
             )
             await repositories.store_policy_version(session, policy)
-            if activate and parent is not None:
-                await repositories.set_policy_status(
-                    session, agent_id, parent, "retired", f"superseded by v{version}"
-                )
+            if activate:
+                # Every active version, not only the one serving here: one that was refused at
+                # load, or that another process activated, must not stay active beside this one.
+                await repositories.retire_active_versions(session, agent_id, superseded_by=version)
             await repositories.set_policy_status(session, agent_id, version, status, reason)
         return policy.model_copy(update={"status": status, "status_reason": reason})
 

@@ -51,6 +51,7 @@ __all__ = [
     "load_policy_version",
     "next_policy_version",
     "record_metric",
+    "retire_active_versions",
     "set_policy_status",
     "store_policy_version",
     "unrewarded_decision_ids",
@@ -253,6 +254,22 @@ async def set_policy_status(
         update(PolicyVersionRow)
         .where(PolicyVersionRow.agent_id == agent_id, PolicyVersionRow.version == version)
         .values(**values)
+    )
+    await session.execute(statement)
+
+
+async def retire_active_versions(
+    session: AsyncSession, agent_id: str, *, superseded_by: int
+) -> None:
+    """Retire every active version of an agent other than ``superseded_by``."""
+    statement = (
+        update(PolicyVersionRow)
+        .where(
+            PolicyVersionRow.agent_id == agent_id,
+            PolicyVersionRow.status == "active",
+            PolicyVersionRow.version != superseded_by,
+        )
+        .values(status="retired", status_reason=f"superseded by v{superseded_by}")
     )
     await session.execute(statement)
 

@@ -1,0 +1,180 @@
+"""The demo: simulated agent applications that embed agentrt through its public API only.
+
+- ``router``: a support-ticket router choosing among tools (``search``, ``sql``, ``ask_human``)
+  whose success, latency and cost depend on the ticket (topic, length, VIP). Midway through,
+  the ``sql`` tool degrades for billing tickets (a planted drift) and the agent must adapt.
+- ``prompt``: a second agent in the same runtime picking one of three prompt templates, whose
+  quality depends on the ticket's language.
+
+Each round the applications make decisions and report rewards; then ``run_cycle()`` trains and
+hot-swaps a new version. Everything is seeded, so a run is reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from agentrt.config import load_config
+from agentrt.runtime import Runtime
+
+__all__ = ["DemoResult", "RoundResult", "demo_config", "run_demo"]
+
+TOOLS = ("search", "sql", "ask_human")
+TOPICS = ("billing", "outage", "account", "refund")
+PROMPTS = ("concise", "friendly", "formal")
+LANGUAGES = ("en", "de", "fr")
+
+# Probability that a tool resolves a ticket of a topic (before the drift).
+SUCCESS = {
+    "billing": {"search": 0.30, "sql": 0.88, "ask_human": 0.60},
+    "outage": {"search": 0.82, "sql": 0.20, "ask_human": 0.55},
+    "account": {"search": 0.40, "sql": 0.45, "ask_human": 0.90},
+    "refund": {"search": 0.35, "sql": 0.75, "ask_human": 0.70},
+}
+DRIFTED = {**SUCCESS, "billing": {"search": 0.30, "sql": 0.15, "ask_human": 0.60}}
+PROMPT_QUALITY = {
+    "en": {"concise": 0.8, "friendly": 0.6, "formal": 0.4},
+    "de": {"concise": 0.5, "friendly": 0.4, "formal": 0.85},
+    "fr": {"concise": 0.45, "friendly": 0.8, "formal": 0.5},
+}
+
+
+def demo_config(database: Path, seed: int, window: int = 1000) -> dict[str, Any]:
+    """The demo's configuration: the embedded SQLite default with two agents.
+
+    ``window`` is the training window in rows: learning from recent experience only is what
+    lets the router recover from the drift.
+    """
+    return {
+        "database": {"url": f"sqlite+aiosqlite:///{database}"},
+        "runtime": {"durability": "buffered", "seed": seed},
+        "agents": {
+            "router": {
+                "actions": list(TOOLS),
+                "baseline": "uniform",
+                "model": "router_model",
+                "exploration": {"method": "epsilon_greedy", "epsilon": 0.1, "floor": 0.05},
+                "training": {"window": window, "min_rows": 100},
+            },
+            "prompt": {
+                "actions": list(PROMPTS),
+                "learner": "linear",
+                "exploration": {"method": "thompson", "floor": 0.05},
+                "training": {"window": window, "min_rows": 100},
+            },
+        },
+        "model_configuration": {
+            "learning_models": {
+                "router_model": {
+                    "type": "contextual_bandit",
+                    "architecture": "mlp",
+                    "parameters": {
+                        "learning_rate": 0.01,
+                        "batch_size": 128,
+                        "epochs": 15,
+                        "hidden_size": 32,
+                        "num_layers": 1,
+                    },
+                }
+            }
+        },
+    }
+
+
+@dataclass
+class RoundResult:
+    """One round of the demo: mean reward per agent and the versions that served it."""
+
+    index: int
+    drifted: bool
+    rewards: dict[str, float]
+    versions: dict[str, int | None]
+    cycle: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class DemoResult:
+    """The whole run."""
+
+    database: Path
+    rounds: list[RoundResult]
+    decisions: int
+
+    def baseline_reward(self, agent: str) -> float:
+        """Mean reward of round 0, served by the baseline."""
+        return self.rounds[0].rewards[agent]
+
+    def learned_reward(self, agent: str) -> float:
+        """Mean reward of the learned versions before the drift (rounds 1 .. drift-1)."""
+        learned = [r.rewards[agent] for r in self.rounds[1:] if not r.drifted]
+        return sum(learned) / len(learned) if learned else math.nan
+
+    def after_drift_reward(self, agent: str, last: int = 2) -> float:
+        """Mean reward of the last rounds, after the drift."""
+        tail = [r.rewards[agent] for r in self.rounds if r.drifted][-last:]
+        return sum(tail) / len(tail) if tail else math.nan
+
+
+async def run_demo(
+    out: Path,
+    *,
+    seed: int = 7,
+    rounds: int = 8,
+    decisions_per_round: int = 400,
+    on_round: Callable[[RoundResult], None] | None = None,
+) -> DemoResult:
+    """Run the simulated applications against a fresh SQLite file in ``out``."""
+    directory = anyio.Path(out)
+    await directory.mkdir(parents=True, exist_ok=True)
+    database = out / "demo.db"
+    async for stale in directory.glob("demo.db*"):
+        await stale.unlink()
+    rng = random.Random(seed)
+    config = load_config(demo_config(database, seed, window=2 * decisions_per_round))
+    results: list[RoundResult] = []
+    async with Runtime(config) as rt:
+        for index in range(rounds):
+            drifted = index >= rounds // 2
+            table = DRIFTED if drifted else SUCCESS
+            totals = {"router": 0.0, "prompt": 0.0}
+            versions: dict[str, int | None] = {}
+            for _ in range(decisions_per_round):
+                topic = rng.choice(TOPICS)
+                language = rng.choice(LANGUAGES)
+                length = rng.randint(20, 2000)
+                vip = rng.random() < 0.2
+                ticket = {"topic": topic, "len": length, "vip": vip, "language": language}
+                tool = await rt.decide("router", ticket)
+                solved = rng.random() < table[topic][tool.action]
+                latency = {"search": 120, "sql": 60, "ask_human": 900}[tool.action]
+                cost = {"search": 0.01, "sql": 0.002, "ask_human": 0.5}[tool.action]
+                await rt.reward(
+                    tool,
+                    1.0 if solved else 0.0,
+                    outcome={"latency_ms": latency * (1.5 if vip else 1.0), "cost": cost},
+                )
+                prompt = await rt.decide("prompt", {"language": language, "vip": vip})
+                liked = rng.random() < PROMPT_QUALITY[language][prompt.action]
+                await rt.reward(prompt, 1.0 if liked else 0.0)
+                totals["router"] += 1.0 if solved else 0.0
+                totals["prompt"] += 1.0 if liked else 0.0
+                versions = {"router": tool.policy_version, "prompt": prompt.policy_version}
+            report = await rt.run_cycle()
+            result = RoundResult(
+                index=index,
+                drifted=drifted,
+                rewards={k: v / decisions_per_round for k, v in totals.items()},
+                versions=versions,
+                cycle={cycle.agent_id: cycle.status for cycle in report.agents},
+            )
+            results.append(result)
+            if on_round is not None:
+                on_round(result)
+    return DemoResult(database, results, rounds * decisions_per_round * 2)

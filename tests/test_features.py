@@ -1,0 +1,528 @@
+"""FeatureEncoder and FeatureSpec: contexts become fixed-width, process-independent vectors."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agentrt.learning import features
+from agentrt.learning.features import FeatureEncoder, FeatureSpec
+
+Vector = npt.NDArray[np.float32]
+
+# Wide enough that the few tokens of one hand-written context never share a slot.
+WIDE = FeatureSpec(dim=4096)
+
+MIXED: dict[str, Any] = {
+    "latency": 12.5,
+    "retries": 3,
+    "cached": True,
+    "stale": False,
+    "region": "eu-west",
+    "query": "Find the Cheapest flight to Lisbon",
+    "history": [0.5, -1.25, 2.0],
+    "tags": ["vip", "mobile"],
+    "missing": None,
+}
+
+
+def nonzero(vector: Vector) -> dict[int, float]:
+    """The non-zero slots of a vector."""
+    return {int(i): float(vector[i]) for i in np.flatnonzero(vector)}
+
+
+def slot_of(encoder: FeatureEncoder, context: Mapping[str, Any]) -> int:
+    """The only slot a one-token context touches."""
+    (slot,) = np.flatnonzero(encoder.encode(context))
+    return int(slot)
+
+
+# -- shape, determinism and stability ----------------------------------------------------
+
+
+@pytest.mark.parametrize("dim", [1, 7, 64, 1000])
+def test_encode_gives_float32_vectors_of_the_spec_width(dim: int) -> None:
+    vector = FeatureEncoder(FeatureSpec(dim=dim)).encode(MIXED)
+
+    assert vector.dtype == np.float32
+    assert vector.shape == (dim,)
+    assert np.all(np.isfinite(vector))
+
+
+def test_default_spec_is_64_wide() -> None:
+    assert FeatureEncoder().encode(MIXED).shape == (64,)
+
+
+def test_identical_contexts_give_identical_vectors() -> None:
+    first = FeatureEncoder().encode(MIXED)
+    again = FeatureEncoder().encode(json.loads(json.dumps(MIXED)))
+
+    assert np.array_equal(first, again)
+    assert np.array_equal(first, FeatureEncoder().encode(MIXED))
+
+
+def test_key_order_does_not_matter() -> None:
+    shuffled = list(MIXED.items())
+    random.Random(3).shuffle(shuffled)
+    encoder = FeatureEncoder()
+
+    assert list(dict(shuffled)) != list(MIXED)
+    assert np.array_equal(encoder.encode(MIXED), encoder.encode(dict(shuffled)))
+    assert np.array_equal(encoder.encode(MIXED), encoder.encode(dict(reversed(MIXED.items()))))
+
+
+def test_key_order_does_not_matter_even_when_keys_share_a_slot() -> None:
+    # Summed in key order in float32, 1e-7 + 4 - 4 gives 0 one way and 1e-7 the other; a
+    # database (PostgreSQL JSONB) may hand training the keys in another order than serving.
+    encoder = FeatureEncoder(FeatureSpec(dim=1))  # every key lands in slot 0
+    context = {"small": 1e-7, "big": 4.0, "minus": -4.0}
+
+    assert np.array_equal(encoder.encode(context), encoder.encode(dict(reversed(context.items()))))
+
+
+def test_different_contexts_give_different_vectors() -> None:
+    encoder = FeatureEncoder(WIDE)
+
+    assert not np.array_equal(encoder.encode({"region": "eu"}), encoder.encode({"region": "us"}))
+    assert not np.array_equal(encoder.encode({"region": "eu"}), encoder.encode({"zone": "eu"}))
+
+
+# Loads features.py by path: the encoder needs only numpy, not the whole package.
+_SUBPROCESS = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("features_copy", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+sys.modules["features_copy"] = module
+spec.loader.exec_module(module)
+encoder = module.FeatureEncoder(module.FeatureSpec(dim=int(sys.argv[2])))
+vector = encoder.encode(json.loads(sys.argv[3])).tolist()
+print(json.dumps({"vector": vector, "hash": hash("region")}))
+"""
+
+
+def encode_elsewhere(context: Mapping[str, Any], dim: int, hash_seed: str) -> tuple[Vector, int]:
+    """The encoding computed by a fresh interpreter, and its hash() of a fixed string."""
+    done = subprocess.run(  # noqa: S603 - our own interpreter running a fixed snippet
+        [sys.executable, "-c", _SUBPROCESS, features.__file__, str(dim), json.dumps(context)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONHASHSEED": hash_seed},
+        check=True,
+        timeout=60,
+    )
+    answer = json.loads(done.stdout)
+    return np.array(answer["vector"], dtype=np.float32), int(answer["hash"])
+
+
+def test_hashing_is_stable_across_processes() -> None:
+    ours = FeatureEncoder(FeatureSpec(dim=256)).encode(MIXED)
+
+    first, first_hash = encode_elsewhere(MIXED, 256, hash_seed="1")
+    second, second_hash = encode_elsewhere(MIXED, 256, hash_seed="2")
+
+    assert first_hash != second_hash  # Python's own str hash is salted per process...
+    assert np.count_nonzero(ours) > 5
+    assert np.array_equal(first, ours)  # ...the encoder's CRC32 is not
+    assert np.array_equal(second, ours)
+
+
+# -- numbers ----------------------------------------------------------------------------
+
+
+def test_numbers_pass_through_before_fitting_but_are_clipped() -> None:
+    encoder = FeatureEncoder(FeatureSpec(dim=WIDE.dim, clip=5.0))
+    slot = slot_of(encoder, {"x": 1.0})
+
+    assert nonzero(encoder.encode({"x": 3.25})) == {slot: 3.25}
+    assert nonzero(encoder.encode({"x": -2})) == {slot: -2.0}
+    assert nonzero(encoder.encode({"x": 1e9})) == {slot: 5.0}
+    assert nonzero(encoder.encode({"x": -1e9})) == {slot: -5.0}
+    assert nonzero(encoder.encode({"x": 0.0})) == {}
+
+
+def test_fit_scales_a_numeric_key_to_mean_zero_and_unit_std() -> None:
+    rng = np.random.default_rng(11)
+    data = rng.uniform(40.0, 60.0, size=500)  # |z| < sqrt(3): nothing is clipped
+    encoder = FeatureEncoder(WIDE)
+    slot = slot_of(encoder, {"x": 1.0})
+
+    returned = encoder.fit({"x": float(v)} for v in data)
+    column = encoder.encode_many([{"x": float(v)} for v in data])[:, slot]
+
+    assert returned is encoder
+    expected = (data - data.mean()) / data.std(ddof=1)
+    np.testing.assert_allclose(column, expected, rtol=1e-5, atol=1e-5)
+    assert abs(float(column.mean())) < 1e-5
+    assert float(column.std(ddof=1)) == pytest.approx(1.0, abs=1e-5)
+    np.testing.assert_allclose(encoder.mean[slot], data.mean(), rtol=1e-12)
+    np.testing.assert_allclose(encoder.m2[slot] / (encoder.count[slot] - 1), data.var(ddof=1))
+    assert encoder.count[slot] == len(data)
+
+
+def test_fitted_numbers_are_clipped_to_clip() -> None:
+    encoder = FeatureEncoder(FeatureSpec(dim=WIDE.dim, clip=2.5))
+    encoder.fit({"x": float(v)} for v in (-1.0, 0.0, 1.0))  # mean 0, std 1
+    slot = slot_of(encoder, {"x": 1.0})
+
+    assert encoder.encode({"x": 2.0})[slot] == pytest.approx(2.0)
+    assert encoder.encode({"x": 100.0})[slot] == 2.5
+    assert encoder.encode({"x": -100.0})[slot] == -2.5
+
+
+def test_a_constant_key_is_centred_not_divided_by_zero() -> None:
+    encoder = FeatureEncoder(WIDE).fit([{"x": 7.0}] * 10)
+    slot = slot_of(encoder, {"x": 1.0})
+
+    assert encoder.encode({"x": 7.0})[slot] == 0.0
+    assert encoder.encode({"x": 8.0})[slot] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_numbers_contribute_nothing(bad: float) -> None:
+    fresh = FeatureEncoder(WIDE)
+    fitted = FeatureEncoder(WIDE).fit([{"x": 1.0}, {"x": 3.0}, {"x": bad}])
+
+    assert not np.any(fresh.encode({"x": bad}))
+    assert not np.any(fitted.encode({"x": bad}))
+    assert not np.any(fresh.encode({"v": [bad, bad]}))
+    # fit() skipped the bad value: the statistics are those of 1.0 and 3.0.
+    assert fitted.count.sum() == 2
+    assert fitted.encode({"x": 3.0})[slot_of(fitted, {"x": 5.0})] == pytest.approx(1 / math.sqrt(2))
+
+
+def test_update_adds_one_context_to_the_statistics() -> None:
+    encoder = FeatureEncoder(WIDE)
+    encoder.update({"x": 4.0, "flag": True, "name": "a"})
+    slot = slot_of(encoder, {"x": 1.0})
+
+    assert encoder.count.sum() == 1  # only numbers have statistics
+    assert encoder.count[slot] == 1
+    assert encoder.mean[slot] == 4.0
+
+
+def test_lists_of_numbers_are_encoded_by_element() -> None:
+    encoder = FeatureEncoder(WIDE)
+
+    by_list = encoder.encode({"v": [1.5, -2.0, 3]})
+    by_element = encoder.encode({"v[0]": 1.5, "v[1]": -2.0, "v[2]": 3})
+
+    assert len(nonzero(by_list)) == 3
+    assert np.array_equal(by_list, by_element)
+    assert np.array_equal(by_list, encoder.encode({"v": (1.5, -2.0, 3)}))
+    assert not np.array_equal(by_list, encoder.encode({"v": [-2.0, 1.5, 3]}))
+
+
+def test_lists_are_cut_at_max_list() -> None:
+    encoder = FeatureEncoder(FeatureSpec(dim=WIDE.dim, max_list=3))
+
+    long = encoder.encode({"v": list(range(1, 101)), "tags": [f"t{i}" for i in range(100)]})
+    short = encoder.encode({"v": [1, 2, 3], "tags": ["t0", "t1", "t2"]})
+
+    assert len(nonzero(short)) == 6
+    assert np.array_equal(long, short)
+
+
+def test_list_statistics_are_per_element() -> None:
+    encoder = FeatureEncoder(WIDE).fit([{"v": [0.0, 100.0]}, {"v": [2.0, 300.0]}])
+
+    np.testing.assert_allclose(
+        sorted(nonzero(encoder.encode({"v": [2.0, 300.0]})).values()),
+        [1 / math.sqrt(2)] * 2,
+        rtol=1e-6,
+    )
+
+
+# -- booleans, strings, lists of strings, None ---------------------------------------------
+
+
+def test_booleans_are_plus_or_minus_one() -> None:
+    encoder = FeatureEncoder(WIDE)
+
+    yes = nonzero(encoder.encode({"cached": True}))
+    no = nonzero(encoder.encode({"cached": False}))
+
+    assert list(yes.values()) == [1.0]
+    assert list(no.values()) == [-1.0]
+    assert yes.keys() == no.keys()
+    # Booleans are not numbers: no statistics, no scaling.
+    encoder.fit([{"cached": True}, {"cached": False}] * 5)
+    assert encoder.count.sum() == 0
+    assert nonzero(encoder.encode({"cached": True})) == yes
+
+
+def test_categorical_strings_are_plus_or_minus_one_in_one_slot() -> None:
+    encoder = FeatureEncoder(WIDE)
+
+    for value in ("eu-west", "us", "x", "A_B:c/d", "ünïcode"):
+        (weight,) = nonzero(encoder.encode({"region": value})).values()
+        assert abs(weight) == 1.0
+    signs = {next(iter(nonzero(encoder.encode({"k": f"v{i}"})).values())) for i in range(40)}
+    assert signs == {1.0, -1.0}  # the second hash bit gives both signs
+
+
+def test_text_is_spread_over_word_slots_with_weight_one_over_sqrt_words() -> None:
+    encoder = FeatureEncoder(WIDE)
+
+    text = nonzero(encoder.encode({"query": "Find the cheapest flight"}))
+
+    assert len(text) == 4
+    for weight in text.values():
+        assert abs(weight) == pytest.approx(0.5)
+    assert sum(w * w for w in text.values()) == pytest.approx(1.0)
+    # Words are lower-cased and split on anything but letters and digits.
+    same = encoder.encode({"query": "  FIND the, cheapest\tflight!"})
+    assert nonzero(same) == pytest.approx(text)
+    # Each word is a token of its own: the slots of a one-word text are among them.
+    three = nonzero(encoder.encode({"query": "find the flight"}))
+    assert set(three) < set(text)
+    assert all(abs(w) == pytest.approx(1 / math.sqrt(3)) for w in three.values())
+
+
+def test_text_is_cut_at_max_words() -> None:
+    encoder = FeatureEncoder(FeatureSpec(dim=WIDE.dim, max_words=4))
+    words = [f"w{i}" for i in range(100)]
+
+    long = encoder.encode({"q": " ".join(words)})
+
+    assert len(nonzero(long)) == 4
+    assert np.array_equal(long, encoder.encode({"q": " ".join(words[:4])}))
+    assert all(abs(w) == pytest.approx(0.5) for w in nonzero(long).values())
+
+
+def test_text_without_words_contributes_nothing() -> None:
+    assert not np.any(FeatureEncoder(WIDE).encode({"q": " -- !! "}))
+
+
+def test_lists_of_strings_are_bags_of_categories() -> None:
+    encoder = FeatureEncoder(WIDE)
+
+    bag = encoder.encode({"tags": ["vip", "mobile"]})
+
+    assert np.array_equal(bag, encoder.encode({"tags": ["mobile", "vip"]}))
+    assert np.array_equal(bag, encoder.encode({"tags": "vip"}) + encoder.encode({"tags": "mobile"}))
+    assert sorted(abs(w) for w in nonzero(bag).values()) == [1.0, 1.0]
+    twice = encoder.encode({"tags": ["vip", "vip"]})
+    assert np.array_equal(twice, 2 * encoder.encode({"tags": ["vip"]}))
+
+
+def test_mixed_lists_encode_numbers_by_element_and_strings_as_a_bag() -> None:
+    encoder = FeatureEncoder(WIDE)
+
+    mixed = encoder.encode({"m": [2.0, "red", True]})
+
+    expected = encoder.encode({"m[0]": 2.0}) + encoder.encode({"m": ["red", True]})
+    assert np.array_equal(mixed, expected)
+    assert len(nonzero(mixed)) == 3
+
+
+def test_none_is_ignored() -> None:
+    encoder = FeatureEncoder(WIDE)
+
+    assert not np.any(encoder.encode({"missing": None}))
+    assert not np.any(encoder.encode({}))
+    assert np.array_equal(encoder.encode({"a": 1.5, "b": None}), encoder.encode({"a": 1.5}))
+    encoder.fit([{"missing": None}])
+    assert encoder.count.sum() == 0
+
+
+# -- persistence ------------------------------------------------------------------------
+
+
+def test_state_round_trip_gives_identical_encodings() -> None:
+    spec = FeatureSpec(dim=128, clip=3.0, max_list=4, max_words=8)
+    rng = random.Random(5)
+    contexts = [
+        {"x": rng.gauss(10, 4), "v": [rng.random() for _ in range(6)], "tag": rng.choice("abc")}
+        for _ in range(200)
+    ]
+    encoder = FeatureEncoder(spec).fit(contexts)
+
+    state = encoder.state()
+    restored = FeatureEncoder.from_state(FeatureSpec.from_dict(spec.to_dict()), state)
+
+    assert set(state) == {"count", "mean", "m2"}
+    assert all(array.dtype == np.float64 and array.shape == (128,) for array in state.values())
+    assert np.array_equal(restored.encode_many(contexts), encoder.encode_many(contexts))
+
+
+def test_state_is_a_copy() -> None:
+    encoder = FeatureEncoder(WIDE).fit([{"x": 1.0}, {"x": 2.0}])
+    before = encoder.encode({"x": 5.0})
+
+    state = encoder.state()
+    for array in state.values():
+        array[:] = 0.0
+
+    assert np.array_equal(encoder.encode({"x": 5.0}), before)
+
+
+def test_state_survives_a_safetensors_round_trip() -> None:
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    encoder = FeatureEncoder().fit([{"x": float(i), "y": [i, -i]} for i in range(50)])
+
+    blob = safetensors_numpy.save(encoder.state())
+    restored = FeatureEncoder.from_state(encoder.spec, safetensors_numpy.load(blob))
+
+    assert np.array_equal(restored.encode(MIXED), encoder.encode(MIXED))
+
+
+def test_spec_dict_round_trip() -> None:
+    spec = FeatureSpec(dim=300, clip=2.5, max_list=7, max_words=9)
+
+    data = spec.to_dict()
+
+    assert data == {"dim": 300, "clip": 2.5, "max_list": 7, "max_words": 9}
+    assert FeatureSpec.from_dict(data) == spec
+    assert FeatureSpec.from_dict(json.loads(json.dumps(data))) == spec
+    assert FeatureSpec.from_dict(FeatureSpec().to_dict()) == FeatureSpec()
+
+
+@pytest.mark.parametrize("dim", [0, -1])
+def test_spec_refuses_a_non_positive_dim(dim: int) -> None:
+    with pytest.raises(ValueError, match="dim must be > 0"):
+        FeatureSpec(dim=dim)
+
+
+@pytest.mark.parametrize("name", ["count", "mean", "m2"])
+@pytest.mark.parametrize("shape", [(63,), (65,), (64, 1), ()])
+def test_statistics_of_the_wrong_shape_are_refused(name: str, shape: tuple[int, ...]) -> None:
+    good = FeatureEncoder().state()
+    bad = {**good, name: np.zeros(shape)}
+
+    with pytest.raises(ValueError, match=rf"FeatureEncoder\.{name} must have shape \(64,\)"):
+        FeatureEncoder.from_state(FeatureSpec(), bad)
+    with pytest.raises(ValueError, match=name):
+        FeatureEncoder(FeatureSpec(), **{name: np.zeros(shape)})
+
+
+def test_state_of_another_width_is_refused() -> None:
+    state = FeatureEncoder(FeatureSpec(dim=32)).state()
+
+    with pytest.raises(ValueError, match=r"must have shape \(64,\)"):
+        FeatureEncoder.from_state(FeatureSpec(dim=64), state)
+
+
+# -- encode_many ------------------------------------------------------------------------
+
+
+def test_encode_many_equals_stacking_encode() -> None:
+    rng = random.Random(9)
+    contexts: list[dict[str, Any]] = [
+        {"x": rng.uniform(-50, 50), "ok": rng.random() < 0.5, "q": "some words here", "t": ["a"]}
+        for _ in range(40)
+    ]
+    contexts += [MIXED, {}, {"x": None}]
+    encoder = FeatureEncoder().fit(contexts)
+
+    matrix = encoder.encode_many(contexts)
+
+    assert matrix.dtype == np.float32
+    assert matrix.shape == (len(contexts), 64)
+    assert np.array_equal(matrix, np.stack([encoder.encode(c) for c in contexts]))
+
+
+def test_encode_many_of_nothing_is_an_empty_matrix() -> None:
+    matrix = FeatureEncoder(FeatureSpec(dim=16)).encode_many([])
+
+    assert matrix.shape == (0, 16)
+    assert matrix.dtype == np.float32
+
+
+# -- any valid context ------------------------------------------------------------------
+
+# Contexts as applications write them (None inside lists is ignored).
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**63),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=40),
+)
+contexts = st.dictionaries(
+    st.text(max_size=12), st.one_of(scalars, st.lists(scalars, max_size=40)), max_size=12
+)
+specs = st.builds(
+    FeatureSpec,
+    dim=st.integers(1, 256),
+    clip=st.floats(0.5, 10.0),
+    max_list=st.integers(0, 40),
+    max_words=st.integers(0, 70),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(context=contexts, spec=specs)
+def test_any_valid_context_encodes_to_a_finite_vector(
+    context: dict[str, Any], spec: FeatureSpec
+) -> None:
+    encoder = FeatureEncoder(spec)
+
+    vector = encoder.encode(context)
+
+    assert vector.dtype == np.float32
+    assert vector.shape == (spec.dim,)
+    assert np.all(np.isfinite(vector))
+    assert np.array_equal(vector, encoder.encode(dict(reversed(context.items()))))
+
+
+def largest_total(context: Mapping[str, Any], spec: FeatureSpec) -> float:
+    """An upper bound of the summed magnitudes a context can put into its vector."""
+    unit = max(spec.clip, 1.0)
+    total = 0.0
+    for value in context.values():
+        if isinstance(value, str):
+            total += max(1.0, math.sqrt(spec.max_words))
+        elif isinstance(value, list):
+            total += unit * min(len(value), spec.max_list)
+        elif value is not None:
+            total += unit
+    return total
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.lists(contexts, min_size=1, max_size=8), spec=specs)
+def test_a_fitted_encoder_encodes_any_valid_contexts_to_finite_vectors(
+    data: list[dict[str, Any]], spec: FeatureSpec
+) -> None:
+    encoder = FeatureEncoder(spec).fit(data)
+
+    matrix = encoder.encode_many(data)
+
+    assert matrix.shape == (len(data), spec.dim)
+    assert np.all(np.isfinite(matrix))
+    assert np.all(np.isfinite(encoder.mean))
+    assert np.all(np.isfinite(encoder.m2))
+    for row, context in zip(matrix, data, strict=True):
+        assert float(np.abs(row).sum()) <= largest_total(context, spec) * (1 + 1e-5) + 1e-5
+
+
+def test_an_integer_beyond_float_range_contributes_nothing() -> None:
+    # Like NaN and inf: float(10**400) would raise OverflowError.
+    encoder = FeatureEncoder(WIDE)
+
+    assert not np.any(encoder.encode({"x": 10**400}))
+    assert not np.any(encoder.encode({"v": [-(10**400)]}))
+    assert encoder.fit([{"x": 10**400}]).count.sum() == 0
+
+
+def test_fitting_extreme_finite_values_keeps_encodings_finite() -> None:
+    # Welford's deviation 1.7e308 - (-1.7e308) overflows; it used to end in math.sqrt(-inf).
+    encoder = FeatureEncoder(WIDE).fit([{"x": 1.7e308}, {"x": -1.7e308}, {"x": 0.0}])
+    slot = slot_of(encoder, {"x": 1.0})
+
+    assert np.all(np.isfinite(encoder.encode({"x": 1.0})))
+    assert np.all(np.isfinite(encoder.state()["m2"]))
+    assert encoder.encode({"x": 1.7e308})[slot] == WIDE.clip
+    assert encoder.encode({"x": -1.7e308})[slot] == -WIDE.clip

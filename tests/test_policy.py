@@ -1,0 +1,261 @@
+"""BaselinePolicy: uniform or fixed answers, with the exact distribution every choice came from."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+import random
+from collections import Counter
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agentrt.config import BaselineConfig
+from agentrt.policy import BaselinePolicy, Choice
+
+UNIFORM = BaselinePolicy(BaselineConfig())
+DRAWS = 30_000
+
+# Upper 0.999 quantiles of the chi-square distribution, by degrees of freedom.
+_CHI2_999 = {
+    1: 10.828,
+    2: 13.816,
+    3: 16.266,
+    4: 18.467,
+    5: 20.515,
+    6: 22.458,
+    7: 24.322,
+    8: 26.124,
+    9: 27.877,
+    10: 29.588,
+}
+
+
+def chi2_critical_999(dof: int) -> float:
+    """The 0.999 quantile of chi-square with ``dof`` degrees of freedom."""
+    if importlib.util.find_spec("scipy") is not None:
+        stats = importlib.import_module("scipy.stats")
+        return float(stats.chi2.ppf(0.999, dof))
+    if dof in _CHI2_999:
+        return _CHI2_999[dof]
+    # Wilson–Hilferty: chi2_p(k) ≈ k (1 - 2/(9k) + z_p sqrt(2/(9k)))^3, z_0.999 = 3.0902.
+    h = 2.0 / (9.0 * dof)
+    return dof * (1.0 - h + 3.090232 * math.sqrt(h)) ** 3
+
+
+def chi_square(counts: Counter[int], probabilities: tuple[float, ...], draws: int) -> float:
+    """Pearson's statistic over the actions with a non-zero probability."""
+    return sum(
+        (counts[i] - draws * p) ** 2 / (draws * p) for i, p in enumerate(probabilities) if p > 0
+    )
+
+
+def draw(
+    policy: BaselinePolicy,
+    actions: tuple[str, ...],
+    allowed: tuple[bool, ...] | None,
+    seed: int,
+    draws: int = DRAWS,
+) -> tuple[Counter[int], Choice]:
+    rng = random.Random(seed)
+    counts: Counter[int] = Counter()
+    first = policy.choose(actions, allowed, rng)
+    for _ in range(draws):
+        choice = policy.choose(actions, allowed, rng)
+        assert choice.probabilities == first.probabilities
+        counts[choice.action_index] += 1
+    return counts, first
+
+
+def names(count: int) -> tuple[str, ...]:
+    return tuple(f"a{i}" for i in range(count))
+
+
+# -- uniform ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 7, 10])
+def test_uniform_gives_exactly_one_over_k(count: int) -> None:
+    choice = UNIFORM.choose(names(count), None, random.Random(0))
+
+    assert choice.probabilities == (1.0 / count,) * count
+    assert 0 <= choice.action_index < count
+    assert math.fsum(choice.probabilities) == pytest.approx(1.0, abs=1e-12)
+    assert choice.policy_version is None
+    assert choice.exploration == {"method": "uniform"}
+
+
+def test_uniform_with_a_mask_gives_one_over_allowed_and_zero_elsewhere() -> None:
+    allowed = (True, False, True, False, True)
+
+    choice = UNIFORM.choose(names(5), allowed, random.Random(0))
+
+    assert choice.probabilities == (1 / 3, 0.0, 1 / 3, 0.0, 1 / 3)
+    assert allowed[choice.action_index]
+    assert choice.exploration == {"method": "uniform"}
+
+
+def test_uniform_with_one_allowed_action_always_picks_it() -> None:
+    rng = random.Random(1)
+    allowed = (False, False, True, False)
+
+    choices = [UNIFORM.choose(names(4), allowed, rng) for _ in range(200)]
+
+    assert {c.action_index for c in choices} == {2}
+    assert all(c.probabilities == (0.0, 0.0, 1.0, 0.0) for c in choices)
+
+
+@st.composite
+def masks(draw_from: st.DrawFn) -> tuple[bool, ...]:
+    count = draw_from(st.integers(1, 12))
+    flags = draw_from(st.lists(st.booleans(), min_size=count, max_size=count))
+    if not any(flags):
+        flags[draw_from(st.integers(0, count - 1))] = True
+    return tuple(flags)
+
+
+@settings(max_examples=200, deadline=None)
+@given(allowed=st.one_of(st.none(), masks()), seed=st.integers(0, 2**32))
+def test_uniform_chooses_an_allowed_action_with_its_exact_probability(
+    allowed: tuple[bool, ...] | None, seed: int
+) -> None:
+    count = len(allowed) if allowed is not None else 1 + seed % 9
+    flags = allowed if allowed is not None else (True,) * count
+    rng = random.Random(seed)
+
+    for _ in range(20):
+        choice = UNIFORM.choose(names(count), allowed, rng)
+
+        assert flags[choice.action_index]
+        expected = 1.0 / sum(flags)
+        assert choice.probabilities == tuple(expected if ok else 0.0 for ok in flags)
+        assert choice.probabilities[choice.action_index] > 0.0
+        # decide() stores exactly this distribution; record() accepts sums within 1e-6.
+        assert abs(math.fsum(choice.probabilities) - 1.0) < 1e-9
+
+
+@pytest.mark.parametrize(
+    ("count", "allowed", "seed"),
+    [
+        (4, None, 11),
+        (10, None, 12),
+        (6, (True, False, True, True, False, True), 13),
+        (2, None, 14),
+    ],
+)
+def test_uniform_frequencies_match_the_probabilities(
+    count: int, allowed: tuple[bool, ...] | None, seed: int
+) -> None:
+    counts, choice = draw(UNIFORM, names(count), allowed, seed)
+
+    support = [i for i, p in enumerate(choice.probabilities) if p > 0]
+    assert set(counts) == set(support)  # masked actions are never drawn
+    statistic = chi_square(counts, choice.probabilities, DRAWS)
+    assert statistic < chi2_critical_999(len(support) - 1)
+
+
+# -- fixed ------------------------------------------------------------------------------
+
+
+def fixed(action: str) -> BaselinePolicy:
+    return BaselinePolicy(BaselineConfig(policy="fixed", action=action))
+
+
+def test_fixed_puts_probability_one_on_its_action() -> None:
+    policy = fixed("a2")
+    rng = random.Random(0)
+
+    for _ in range(100):
+        choice = policy.choose(names(4), None, rng)
+        assert choice == Choice(2, (0.0, 0.0, 1.0, 0.0), None, {"method": "fixed"})
+
+
+def test_fixed_is_unaffected_by_a_mask_that_allows_its_action() -> None:
+    choice = fixed("a1").choose(names(3), (False, True, True), random.Random(0))
+
+    assert choice == Choice(1, (0.0, 1.0, 0.0), None, {"method": "fixed"})
+
+
+def test_fixed_accepts_the_shorthand_config() -> None:
+    policy = BaselinePolicy(BaselineConfig.model_validate("a0"))
+
+    assert policy.choose(names(2), None, random.Random(0)).probabilities == (1.0, 0.0)
+
+
+def test_fixed_action_masked_out_falls_back_to_uniform_over_the_allowed() -> None:
+    policy = fixed("a0")
+    allowed = (False, True, True, False, True)
+
+    counts, choice = draw(policy, names(5), allowed, seed=21)
+
+    assert choice.probabilities == (0.0, 1 / 3, 1 / 3, 0.0, 1 / 3)
+    assert choice.exploration == {"method": "uniform", "reason": "fixed_unavailable"}
+    assert choice.policy_version is None
+    assert set(counts) == {1, 2, 4}
+    assert chi_square(counts, choice.probabilities, DRAWS) < chi2_critical_999(2)
+
+
+def test_fixed_action_not_offered_is_reported_as_unavailable() -> None:
+    choice = fixed("elsewhere").choose(names(3), None, random.Random(0))
+
+    assert choice.exploration == {"method": "uniform", "reason": "fixed_unavailable"}
+
+
+def test_fixed_action_not_offered_falls_back_to_uniform_over_the_allowed() -> None:
+    policy = fixed("elsewhere")
+
+    counts, choice = draw(policy, names(4), (True, True, False, True), seed=22)
+
+    assert choice.probabilities == (1 / 3, 1 / 3, 0.0, 1 / 3)
+    assert choice.exploration == {"method": "uniform", "reason": "fixed_unavailable"}
+    assert set(counts) == {0, 1, 3}
+    assert chi_square(counts, choice.probabilities, DRAWS) < chi2_critical_999(2)
+
+
+# -- reproducibility --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("policy", "allowed"),
+    [
+        (UNIFORM, None),
+        (UNIFORM, (True, False, True, True, True, False)),
+        (fixed("a1"), (True, False, True, True, True, False)),
+    ],
+)
+def test_the_same_seed_gives_the_same_choices(
+    policy: BaselinePolicy, allowed: tuple[bool, ...] | None
+) -> None:
+    def sequence(seed: int) -> list[int]:
+        rng = random.Random(seed)
+        return [policy.choose(names(6), allowed, rng).action_index for _ in range(500)]
+
+    assert sequence(42) == sequence(42)
+    assert sequence(42) != sequence(43)
+
+
+def test_fixed_choices_do_not_depend_on_the_seed() -> None:
+    policy = fixed("a3")
+
+    first = [policy.choose(names(5), None, random.Random(s)).action_index for s in range(50)]
+
+    assert first == [3] * 50
+
+
+def test_manual_chi_square_quantiles_are_sane() -> None:
+    # The table and the approximation agree where they meet, and grow with the dof.
+    h = 2.0 / (9.0 * 10)
+    approximation = 10 * (1.0 - h + 3.090232 * math.sqrt(h)) ** 3
+    assert approximation == pytest.approx(_CHI2_999[10], rel=0.01)
+    values = [chi2_critical_999(k) for k in range(1, 30)]
+    assert values == sorted(values)
+
+
+def test_the_frequency_check_notices_a_small_bias() -> None:
+    counts, _ = draw(UNIFORM, names(2), None, seed=31)
+
+    # The same draws judged against a distribution two points off are rejected.
+    assert chi_square(counts, (0.5, 0.5), DRAWS) < chi2_critical_999(1)
+    assert chi_square(counts, (0.52, 0.48), DRAWS) > chi2_critical_999(1)
