@@ -59,6 +59,7 @@ __all__ = [
     "RuntimeConfig",
     "SQLitePragmasConfig",
     "TrainingConfig",
+    "ValidationConfig",
     "load_config",
     "mask_url",
     "masked_dump",
@@ -272,11 +273,23 @@ class TrainingConfig(_Section):
 
     window: PositiveInt = 50_000
     min_rows: PositiveInt = 50
-    holdout: Annotated[float, _between(0.0, 0.5, high_open=True)] = 0.1
+    holdout: Annotated[float, _between(0.0, 0.5, high_open=True)] = 0.2
     patience: PositiveInt = 3
     importance_clip: Annotated[float, Field(ge=1), AfterValidator(_finite)] = 20.0
     ridge: PositiveFloat = 1.0
     feature_dim: PositiveInt = 64
+
+
+class ValidationConfig(_Section):
+    """What a candidate must pass before it may go live."""
+
+    validators: list[Name] = ["sanity", "ope", "latency", "thresholds"]
+    estimator: Literal["dr", "snips"] = "dr"
+    margin: Annotated[float, Field(ge=0), AfterValidator(_finite)] = 0.05
+    confidence: OpenFraction = 0.9
+    min_rows: PositiveInt = 50
+    require_ope: bool = False
+    n_bootstrap: PositiveInt = 500
 
 
 class AgentConfig(_Section):
@@ -291,6 +304,7 @@ class AgentConfig(_Section):
     reward: RewardConfig = RewardConfig()
     mode: Literal["live", "shadow"] = "live"
     training: TrainingConfig = TrainingConfig()
+    validation: ValidationConfig = ValidationConfig()
 
     @field_validator("actions")
     @classmethod
@@ -408,11 +422,14 @@ class RetentionConfig(_Section):
 
 
 class ChangeDetectionConfig(_Section):
-    """The sequential change detector on an agent's reward stream."""
+    """The sequential change detector on an agent's reward stream.
+
+    ``delta`` and ``threshold`` are in standard deviations of the reward (estimated online).
+    """
 
     method: Literal["page_hinkley", "cusum"] = "page_hinkley"
-    delta: Annotated[float, Field(ge=0), AfterValidator(_finite)] = 0.005
-    threshold: PositiveFloat = 5.0
+    delta: Annotated[float, Field(ge=0), AfterValidator(_finite)] = 0.25
+    threshold: PositiveFloat = 25.0
     min_samples: PositiveInt = 30
 
 

@@ -97,6 +97,16 @@ BUILTINS: tuple[tuple[PluginKind, str, str], ...] = (
     ("exploration", "thompson", "agentrt.exploration:plugins"),
     ("learner", "linear", "agentrt.learning.linear:plugin"),
     ("learner", "neural", "agentrt.learning.neural:plugin"),
+    ("analyzer", "action_statistics", "agentrt.analysis:plugins"),
+    ("analyzer", "exploration_health", "agentrt.analysis:plugins"),
+    ("analyzer", "trend_analysis", "agentrt.analysis:plugins"),
+    ("analyzer", "anomaly_detection", "agentrt.analysis:plugins"),
+    ("analyzer", "pattern_recognition", "agentrt.analysis:plugins"),
+    ("analyzer", "temporal_aggregation", "agentrt.analysis:plugins"),
+    ("validator", "sanity", "agentrt.validation:plugins"),
+    ("validator", "ope", "agentrt.validation:plugins"),
+    ("validator", "latency", "agentrt.validation:plugins"),
+    ("validator", "thresholds", "agentrt.validation:plugins"),
 )
 
 

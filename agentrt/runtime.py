@@ -56,7 +56,9 @@ from agentrt.pipeline.collector import (
     process_owner,
 )
 from agentrt.pipeline.spill import ExperienceRecord, SpillDirectory
-from agentrt.pipeline.updater import ModelUpdater, load_policy
+from agentrt.pipeline.extractor import KnowledgeExtractor
+from agentrt.pipeline.updater import ModelUpdater, Trained, load_policy
+from agentrt.validation import ValidationContext, run_validators
 from agentrt.plugins import PluginRegistry
 from agentrt.policy import BaselinePolicy, Choice, LearnedPolicy
 from agentrt.schemas import AgentCycle, CycleReport, Decision, DecisionMode, Episode, Feedback
@@ -109,6 +111,7 @@ class Runtime(AsyncContextManagerMixin):
         self._db: Database | None = None
         self._collector: ExperienceCollector | None = None
         self._updater: ModelUpdater | None = None
+        self._extractor: KnowledgeExtractor | None = None
         self._swept: dict[str, datetime] = {}
         # Serving: per agent the active learned policy, then its predecessor (the fallback).
         self._policies: dict[str, list[LearnedPolicy]] = {}
@@ -142,6 +145,9 @@ class Runtime(AsyncContextManagerMixin):
             collector = self._build_collector(db)
             self._db, self._collector = db, collector
             self._updater = ModelUpdater(self.config, db, self.registry)
+            self._extractor = KnowledgeExtractor(
+                self.config, db, self.registry, self._updater.limiter
+            )
             await self.refresh_policies()
             stopped = anyio.Event()
 
@@ -178,6 +184,7 @@ class Runtime(AsyncContextManagerMixin):
             self._collector = None
             self._db = None
             self._updater = None
+            self._extractor = None
             with anyio.CancelScope(shield=True):
                 await db.dispose()
 
@@ -446,9 +453,12 @@ class Runtime(AsyncContextManagerMixin):
         parent = active[0].version if active else None
         self._cycles[agent_id] += 1
         try:
-            trained, rows, learner = await self._updater.train(
-                agent_id, exploration, self._cycles[agent_id]
-            )
+            if self._extractor is not None:
+                knowledge = await self._extractor.extract(agent_id)
+                extracted = {item.kind: item.payload for item in knowledge}
+            else:
+                extracted = {}
+            trained, rows, learner = await self._updater.train(agent_id, self._cycles[agent_id])
             if trained is None:
                 minimum = self.config.agents[agent_id].training.min_rows
                 report = AgentCycle(
@@ -460,18 +470,14 @@ class Runtime(AsyncContextManagerMixin):
                     active_version=parent,
                 )
             else:
-                passed = bool(trained.sanity["passed"])
-                stored = await self._updater.store(
-                    agent_id, learner, trained, parent, activate=passed
-                )
+                validation = await self._validate(agent_id, trained, learner, exploration, active)
+                passed = bool(validation["passed"])
+                stored = await self._updater.store(agent_id, learner, trained, parent, validation)
                 if passed:
                     if isinstance(exploration, EpsilonGreedy):
                         exploration = exploration.decayed()
                         self._exploration[agent_id] = exploration
-                    policy = LearnedPolicy(
-                        stored.version, learner, trained.model, trained.encoder,
-                        trained.actions, exploration,
-                    )  # fmt: skip
+                    policy = trained.policy(stored.version, learner, exploration)
                     self._policies[agent_id] = [
                         policy,
                         *(p.with_exploration(exploration) for p in active[:1]),
@@ -479,13 +485,14 @@ class Runtime(AsyncContextManagerMixin):
                 report = AgentCycle(
                     agent_id=agent_id,
                     status="activated" if passed else "rejected",
-                    reason=None if passed else "sanity checks failed",
+                    reason=stored.status_reason,
                     rows=rows,
                     learner=learner,
                     candidate_version=stored.version,
                     active_version=self.active_version(agent_id),
                     metrics=stored.metrics,
                     validation=stored.validation,
+                    knowledge=extracted,
                 )
         except Exception as exc:  # the stage supervisor: log, record, keep serving
             log.error("stage_failed", stage="updater", agent=agent_id, error=repr(exc))
@@ -524,6 +531,30 @@ class Runtime(AsyncContextManagerMixin):
         except StorageError as exc:
             log.warning("metric_not_recorded", metric="learning_cycle", error=str(exc))
         return report
+
+    async def _validate(
+        self,
+        agent_id: str,
+        trained: Trained,
+        learner: str,
+        exploration: Strategy,
+        active: list[LearnedPolicy],
+    ) -> dict[str, Any]:
+        validators = [
+            self.registry.create("validator", name, self.config)
+            for name in self.config.agents[agent_id].validation.validators
+        ]
+        context = ValidationContext(
+            agent_id=agent_id,
+            config=self.config,
+            candidate=trained.policy(0, learner, exploration),
+            active=active[0] if active else None,
+            baseline=self._baselines[agent_id],
+            held_out=trained.held_out,
+            metrics=trained.metrics,
+        )
+        limiter = self._updater.limiter if self._updater is not None else None
+        return await anyio.to_thread.run_sync(run_validators, validators, context, limiter=limiter)
 
     # -- reporting -----------------------------------------------------------------------
 

@@ -175,6 +175,7 @@ class AgentCycle(_Payload):
     active_version: int | None = None
     metrics: dict[str, Any] = {}
     validation: dict[str, Any] | None = None
+    knowledge: dict[str, Any] = {}
     seconds: float = 0.0
 
 

@@ -13,7 +13,10 @@ async def test_learned_reward_beats_the_baseline(tmp_path: Path) -> None:
     assert result.rounds[-1].versions["router"] is not None
     for agent in ("router", "prompt"):
         assert result.learned_reward(agent) > result.baseline_reward(agent) + 0.05, agent
-    assert all(status == "activated" for r in result.rounds for status in r.cycle.values())
+    statuses = [status for r in result.rounds for status in r.cycle.values()]
+    # Validation may reject a candidate that is estimated worse; none may fail outright.
+    assert set(statuses) <= {"activated", "rejected"}
+    assert statuses.count("activated") >= 2
 
 
 async def test_same_seed_same_run(tmp_path: Path) -> None:

@@ -223,7 +223,7 @@ def check_activated(cycle: AgentCycle, version: int, rows: int) -> None:
     assert cycle.rows == rows
     assert cycle.metrics["holdout_rows"] > 0
     assert cycle.validation is not None
-    assert cycle.validation["sanity"]["passed"] is True
+    assert cycle.validation["validators"]["sanity"]["passed"] is True
 
 
 # -- the whole loop ------------------------------------------------------------------------
@@ -261,8 +261,8 @@ async def test_cycle_learns_hot_swaps_and_beats_the_baseline(db_url: str, tmp_pa
         assert v1.metrics["holdout_mse"] == pytest.approx(first.metrics["holdout_mse"])
         assert v1.metrics["rows"] == first.metrics["rows"]
         assert v1.validation is not None
-        assert v1.validation["sanity"]["passed"] is True
-        assert v1.validation["sanity"]["checks"]["estimates_finite"] is True
+        assert v1.validation["validators"]["sanity"]["passed"] is True
+        assert v1.validation["validators"]["sanity"]["details"]["estimates_finite"] is True
         assert v1.artifact_metadata == {"actions": list(ACTIONS), "learner": "linear"}
 
         learned = await play(rt, 600, rng)
@@ -475,14 +475,15 @@ async def test_a_model_that_predicts_nan_is_rejected(sqlite_url: str, tmp_path: 
         switch.mode = "nan"
         cycle = (await rt.run_cycle("router"))["router"]
         assert cycle.status == "rejected"
-        assert cycle.reason == "sanity checks failed"
+        assert cycle.reason is not None
+        assert cycle.reason.startswith("sanity: failed: estimates_finite")
         assert cycle.candidate_version == 2
         assert cycle.active_version == 1
         assert cycle.validation is not None
-        sanity = cycle.validation["sanity"]
+        sanity = cycle.validation["validators"]["sanity"]
         assert sanity["passed"] is False
-        assert sanity["checks"]["estimates_finite"] is False
-        assert sanity["checks"]["weights_finite"] is True
+        assert sanity["details"]["estimates_finite"] is False
+        assert sanity["details"]["weights_finite"] is True
         assert rt.active_version("router") == 1
         served = await play(rt, 30, rng)
         assert served.versions == {1}
@@ -491,11 +492,8 @@ async def test_a_model_that_predicts_nan_is_rejected(sqlite_url: str, tmp_path: 
 
         v1, v2 = await stored_versions(rt.database)
         assert (v1.status, v1.status_reason) == ("active", None)
-        assert (v2.status, v2.status_reason, v2.parent_version) == (
-            "rejected",
-            "sanity checks failed",
-            1,
-        )
+        assert (v2.status, v2.parent_version) == ("rejected", 1)
+        assert v2.status_reason == cycle.reason
         assert v2.activated_at is None
         assert v2.sha256 == sha256(v2.artifact)
         assert v2.validation == cycle.validation

@@ -7,6 +7,11 @@ import typer
 from agentrt.cli import config as config_commands
 from agentrt.cli import db as db_commands
 from agentrt.cli import demo as demo_commands
+from agentrt.cli import export as export_commands
+from agentrt.cli import init as init_commands
+from agentrt.cli import sql as sql_commands
+from agentrt.cli import status as status_commands
+from agentrt.cli import versions as versions_commands
 
 __all__ = ["app", "main"]
 
@@ -21,6 +26,12 @@ app = typer.Typer(
 app.add_typer(config_commands.app, name="config")
 app.add_typer(db_commands.app, name="db")
 app.command("demo")(demo_commands.demo)
+app.command("init")(init_commands.init)
+app.command("status")(status_commands.status)
+app.command("versions")(versions_commands.versions)
+# A query may start with a `--` comment, which is not an option.
+app.command("sql", context_settings={"ignore_unknown_options": True})(sql_commands.sql)
+app.command("export")(export_commands.export)
 
 
 def main() -> None:

@@ -60,13 +60,16 @@ def learner_name(agent: AgentConfig, config: AgentRTConfig) -> str:
 
 @dataclass
 class Trained:
-    """A candidate after training and checking, before it is stored."""
+    """A trained candidate with the held-out experience it was not trained on."""
 
     model: RewardModel
     encoder: FeatureEncoder
     actions: tuple[str, ...]
     metrics: dict[str, Any]
-    sanity: dict[str, Any]
+    held_out: list[Experience]
+
+    def policy(self, version: int, learner: str, exploration: Strategy) -> LearnedPolicy:
+        return LearnedPolicy(version, learner, self.model, self.encoder, self.actions, exploration)
 
 
 def _train(
@@ -74,53 +77,29 @@ def _train(
     rows: Sequence[Experience],
     actions: tuple[str, ...],
     settings: LearnerSettings,
-    exploration: Strategy,
 ) -> Trained:
-    """Runs in a worker thread: fit features and learner, evaluate, check."""
+    """Runs in a worker thread: split, fit features and learner, measure held-out error."""
     torch.manual_seed(settings.seed)
-    spec = FeatureSpec(dim=settings.training.feature_dim)
-    encoder = FeatureEncoder(spec).fit(r.context for r in rows)
-    data = BanditData.from_experience(rows, encoder, actions)
-    train, held_out = data.split(settings.training.holdout, settings.seed)
+    known = set(actions)
+    kept = [row for row in rows if row.action in known]
+    order = np.random.default_rng(settings.seed).permutation(len(kept))
+    cut = int(len(kept) * settings.training.holdout) if len(kept) >= 20 else 0
+    held_rows = [kept[i] for i in order[:cut]]
+    train_rows = [kept[i] for i in order[cut:]]
+    encoder = FeatureEncoder(FeatureSpec(dim=settings.training.feature_dim))
+    encoder.fit(row.context for row in train_rows)
+    train = BanditData.from_experience(train_rows, encoder, actions)
     started = time.perf_counter()
     model, metrics = learner.fit(train)
     metrics["fit_seconds"] = time.perf_counter() - started
-    if len(held_out):
-        held_means, _ = model.predict(held_out.features)
-        predicted = held_means[np.arange(len(held_out)), held_out.action_index]
-        metrics["holdout_mse"] = float(np.mean((predicted - held_out.rewards) ** 2))
-        metrics["holdout_rows"] = len(held_out)
-    sample = held_out if len(held_out) else train
-    means, stds = model.predict(sample.features[:256])
-    return Trained(model, encoder, actions, metrics, _sanity(model, means, stds, exploration))
-
-
-def _sanity(
-    model: RewardModel,
-    means: np.ndarray[Any, Any],
-    stds: np.ndarray[Any, Any] | None,
-    exploration: Strategy,
-) -> dict[str, Any]:
-    weights_finite = all(
-        bool(torch.isfinite(t).all()) for t in model.tensors().values() if t.is_floating_point()
-    )
-    estimates_finite = bool(np.all(np.isfinite(means))) and (
-        stds is None or bool(np.all(np.isfinite(stds)))
-    )
-    probabilities_valid = estimates_finite
-    if estimates_finite:
-        for i in range(min(len(means), 64)):
-            p = exploration.probabilities(means[i], None, None if stds is None else stds[i])
-            if not (np.all(p >= 0) and abs(float(p.sum()) - 1.0) < 1e-6):
-                probabilities_valid = False
-                break
-    checks = {
-        "weights_finite": weights_finite,
-        "estimates_finite": estimates_finite,
-        "probabilities_valid": probabilities_valid,
-        "contexts_checked": len(means),
-    }
-    return {"passed": weights_finite and estimates_finite and probabilities_valid, "checks": checks}
+    metrics["train_rows"] = len(train_rows)
+    if held_rows:
+        held = BanditData.from_experience(held_rows, encoder, actions)
+        means, _ = model.predict(held.features)
+        predicted = means[np.arange(len(held)), held.action_index]
+        metrics["holdout_mse"] = float(np.mean((predicted - held.rewards) ** 2))
+        metrics["holdout_rows"] = len(held)
+    return Trained(model, encoder, actions, metrics, held_rows)
 
 
 def _artifact(name: str, trained: Trained) -> bytes:
@@ -197,9 +176,7 @@ class ModelUpdater:
         seed = (self.config.runtime.seed or 0) + cycle
         return LearnerSettings.from_model(model, agent.training, seed, self.device)
 
-    async def train(
-        self, agent_id: str, exploration: Strategy, cycle: int = 0
-    ) -> tuple[Trained | None, int, str]:
+    async def train(self, agent_id: str, cycle: int = 0) -> tuple[Trained | None, int, str]:
         """Train a candidate; returns (candidate or None, usable rows, learner name)."""
         agent = self.config.agents[agent_id]
         name = learner_name(agent, self.config)
@@ -212,9 +189,7 @@ class ModelUpdater:
             return None, len(usable), name
         actions = tuple(agent.actions) or tuple(sorted({row.action for row in usable}))
         learner: Learner = self.registry.create("learner", name, self.settings(agent_id, cycle))
-        work = partial(
-            _train, learner, usable, actions, self.settings(agent_id, cycle), exploration
-        )
+        work = partial(_train, learner, usable, actions, self.settings(agent_id, cycle))
         trained = await anyio.to_thread.run_sync(work, limiter=self.limiter)
         return trained, len(usable), name
 
@@ -224,17 +199,16 @@ class ModelUpdater:
         name: str,
         trained: Trained,
         parent: int | None,
-        *,
-        activate: bool,
+        validation: dict[str, Any],
     ) -> PolicyVersion:
-        """Store a candidate; when ``activate``, make it the active version (the previous
-        active one is retired)."""
+        """Store a candidate with its validation report: active when it passed (every other
+        active version is retired), rejected with the reasons otherwise."""
         artifact = _artifact(name, trained)
-        validation = {"sanity": trained.sanity}
+        activate = bool(validation.get("passed"))
         async with self.db.session() as session:
             version = await repositories.next_policy_version(session, agent_id)
             status: PolicyStatus = "active" if activate else "rejected"
-            reason = None if activate else "sanity checks failed"
+            reason = None if activate else "; ".join(validation.get("reasons", []))[:2000]
             policy = PolicyVersion(
                 agent_id=agent_id,
                 version=version,
@@ -242,7 +216,7 @@ class ModelUpdater:
                 learner=name,
                 status="candidate",
                 metrics=_jsonable(trained.metrics),
-                validation=validation,
+                validation=_jsonable(validation),
                 artifact_metadata={"actions": list(trained.actions), "learner": name},
                 artifact=artifact,
                 sha256=sha256(artifact),
