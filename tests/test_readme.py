@@ -13,7 +13,14 @@ from sqlalchemy import text
 from agentrt.clock import utcnow
 from agentrt.config import AgentConfig, load_config
 from agentrt.errors import ConfigError
-from agentrt.schemas import Decision, Episode, Feedback, PolicyVersion, StrategyUpdate
+from agentrt.schemas import (
+    Decision,
+    Episode,
+    Feedback,
+    Knowledge,
+    PolicyVersion,
+    StrategyUpdate,
+)
 from agentrt.storage import repositories
 from agentrt.storage.engine import Database
 
@@ -82,6 +89,18 @@ async def populate(db: Database) -> None:
             PolicyVersion(
                 agent_id="router", version=1, learner="neural", artifact=b"x", sha256="0" * 64
             ),
+        )
+        await repositories.insert_knowledge(
+            session,
+            [
+                Knowledge(
+                    agent_id="router",
+                    kind="patterns",
+                    payload={"rules": [{"text": "when topic=billing, action sql succeeds"}]},
+                    window_start=now - timedelta(minutes=30),
+                    window_end=now,
+                )
+            ],
         )
         await repositories.append_strategy_update(
             session,
