@@ -19,7 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from typing import Any, Literal, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
 import anyio
 from anyio import AsyncContextManagerMixin
@@ -55,10 +55,8 @@ from agentrt.pipeline.collector import (
     default_spill_dir,
     process_owner,
 )
-from agentrt.pipeline.spill import ExperienceRecord, SpillDirectory
 from agentrt.pipeline.extractor import KnowledgeExtractor
-from agentrt.pipeline.updater import ModelUpdater, Trained, load_policy
-from agentrt.validation import ValidationContext, run_validators
+from agentrt.pipeline.spill import ExperienceRecord, SpillDirectory
 from agentrt.plugins import PluginRegistry
 from agentrt.policy import BaselinePolicy, Choice, LearnedPolicy
 from agentrt.schemas import AgentCycle, CycleReport, Decision, DecisionMode, Episode, Feedback
@@ -66,6 +64,11 @@ from agentrt.storage import bulk, repositories
 from agentrt.storage.engine import Database
 from agentrt.storage.migrate import ensure_schema
 from agentrt.types import Processor
+from agentrt.validation import ValidationContext, run_validators
+
+if TYPE_CHECKING:
+    # torch is imported only once a runtime learns or serves a learned policy.
+    from agentrt.pipeline.updater import ModelUpdater, Trained
 
 __all__ = ["Runtime"]
 
@@ -112,6 +115,7 @@ class Runtime(AsyncContextManagerMixin):
         self._collector: ExperienceCollector | None = None
         self._updater: ModelUpdater | None = None
         self._extractor: KnowledgeExtractor | None = None
+        self._limiter: anyio.CapacityLimiter | None = None
         self._swept: dict[str, datetime] = {}
         # Serving: per agent the active learned policy, then its predecessor (the fallback).
         self._policies: dict[str, list[LearnedPolicy]] = {}
@@ -144,10 +148,8 @@ class Runtime(AsyncContextManagerMixin):
                 await repositories.upsert_agents(session, self.config.agents)
             collector = self._build_collector(db)
             self._db, self._collector = db, collector
-            self._updater = ModelUpdater(self.config, db, self.registry)
-            self._extractor = KnowledgeExtractor(
-                self.config, db, self.registry, self._updater.limiter
-            )
+            self._limiter = anyio.CapacityLimiter(1)
+            self._extractor = KnowledgeExtractor(self.config, db, self.registry, self._limiter)
             await self.refresh_policies()
             stopped = anyio.Event()
 
@@ -185,6 +187,7 @@ class Runtime(AsyncContextManagerMixin):
             self._db = None
             self._updater = None
             self._extractor = None
+            self._limiter = None
             with anyio.CancelScope(shield=True):
                 await db.dispose()
 
@@ -381,6 +384,8 @@ class Runtime(AsyncContextManagerMixin):
                     else None
                 )
             chain: list[LearnedPolicy] = []
+            from agentrt.pipeline.updater import load_policy
+
             for row in (active, parent):
                 if row is None:
                     continue
@@ -444,9 +449,15 @@ class Runtime(AsyncContextManagerMixin):
         await self._record_fallbacks()
         return CycleReport(agents=tuple(reports))
 
-    async def _cycle(self, agent_id: str) -> AgentCycle:
+    def _model_updater(self) -> ModelUpdater:
         if self._updater is None:
-            raise StorageError("the runtime is not open: use `async with runtime:` first")
+            from agentrt.pipeline.updater import ModelUpdater
+
+            self._updater = ModelUpdater(self.config, self.database, self.registry, self._limiter)
+        return self._updater
+
+    async def _cycle(self, agent_id: str) -> AgentCycle:
+        updater = self._model_updater()
         started = time.perf_counter()
         exploration = self._exploration[agent_id]
         active = self._policies.get(agent_id, [])
@@ -458,7 +469,7 @@ class Runtime(AsyncContextManagerMixin):
                 extracted = {item.kind: item.payload for item in knowledge}
             else:
                 extracted = {}
-            trained, rows, learner = await self._updater.train(agent_id, self._cycles[agent_id])
+            trained, rows, learner = await updater.train(agent_id, self._cycles[agent_id])
             if trained is None:
                 minimum = self.config.agents[agent_id].training.min_rows
                 report = AgentCycle(
@@ -472,7 +483,7 @@ class Runtime(AsyncContextManagerMixin):
             else:
                 validation = await self._validate(agent_id, trained, learner, exploration, active)
                 passed = bool(validation["passed"])
-                stored = await self._updater.store(agent_id, learner, trained, parent, validation)
+                stored = await updater.store(agent_id, learner, trained, parent, validation)
                 if passed:
                     if isinstance(exploration, EpsilonGreedy):
                         exploration = exploration.decayed()
@@ -553,8 +564,9 @@ class Runtime(AsyncContextManagerMixin):
             held_out=trained.held_out,
             metrics=trained.metrics,
         )
-        limiter = self._updater.limiter if self._updater is not None else None
-        return await anyio.to_thread.run_sync(run_validators, validators, context, limiter=limiter)
+        return await anyio.to_thread.run_sync(
+            run_validators, validators, context, limiter=self._limiter
+        )
 
     # -- reporting -----------------------------------------------------------------------
 
