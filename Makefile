@@ -18,7 +18,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.installed-dev: $(BIN)/python pyproject.toml constraints.txt $(wildcard plugins/*/pyproject.toml)
-	$(PIP_INSTALL) -e '.[dev]'
+	$(PIP_INSTALL) -e '.[dev]' $(foreach plugin,$(wildcard plugins/*/pyproject.toml),-e $(dir $(plugin)))
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed

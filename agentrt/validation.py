@@ -216,8 +216,8 @@ class OffPolicyValidator:
             else:
                 values[label] = snips(rewards, propensities, target, **kwargs)
         difference = _paired_difference(
-            rewards, propensities, logged, estimates, candidate, incumbent, clip, settings.n_bootstrap,
-            settings.estimator,
+            rewards, propensities, logged, estimates, candidate, incumbent, clip,
+            settings.n_bootstrap, settings.estimator,
         )  # fmt: skip
         lower = (
             float(np.quantile(difference, 1.0 - settings.confidence))
@@ -323,7 +323,8 @@ class LatencyValidator:
         )
         details["budget_us"] = budget * 1e6
         passed = p99 <= budget
-        reason = f"p99 {p99 * 1e6:.0f} us {'within' if passed else 'over'} the budget {budget * 1e6:.0f} us"
+        where = "within" if passed else "over"
+        reason = f"p99 {p99 * 1e6:.0f} us {where} the budget {budget * 1e6:.0f} us"
         return ValidatorResult(self.name, passed, reason, details)
 
 

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 
 from agentrt import Decision, Runtime, load_config
 
@@ -40,7 +41,7 @@ async def timed(calls: int, call: Callable[[int], Awaitable[object]]) -> tuple[f
         await call(i)
         samples.append(time.perf_counter_ns() - started)
         if i % 100 == 99:
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
     return percentiles(samples)
 
 
@@ -77,7 +78,9 @@ async def main(args: argparse.Namespace) -> None:
             },
         )
         async with Runtime(config) as rt:
-            contexts = [{"topic": ("billing", "outage")[i % 2], "len": i % 900} for i in range(calls)]
+            contexts = [
+                {"topic": ("billing", "outage")[i % 2], "len": i % 900} for i in range(calls)
+            ]
             decisions: list[Decision] = []
 
             async def record(i: int) -> None:
@@ -99,8 +102,13 @@ async def main(args: argparse.Namespace) -> None:
     targets = {"record": 25.0, "reward": 25.0, "decide": 50.0}
     for name, figures in report.items():
         target = targets.get(name)
-        verdict = "" if target is None else (
-            f"  target p99 <= {target:.0f} us: {'ok' if figures['p99_us'] <= target else 'MISSED'}"
+        verdict = (
+            ""
+            if target is None
+            else (
+                f"  target p99 <= {target:.0f} us: "
+                + ("ok" if figures["p99_us"] <= target else "MISSED")
+            )
         )
         ratio = figures["p99_us"] / report["torch_forward_mlp"]["p99_us"]
         print(
@@ -112,6 +120,8 @@ async def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--calls", type=int, default=50_000, help="timed calls per operation")
     anyio.run(main, parser.parse_args())

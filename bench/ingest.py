@@ -44,7 +44,9 @@ from agentrt.storage.migrate import ensure_schema
 
 ACTIONS = ("search", "sql", "ask_human")
 TOPICS = ("billing", "outage", "account", "refund")
-PG_ADMIN = os.environ.get("AGENTRT_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+PG_ADMIN = os.environ.get(
+    "AGENTRT_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -171,7 +173,9 @@ async def agentrt_sync(url: str, n: int, callers: int = 100) -> float:
         async def caller(k: int) -> None:
             for j in range(per_caller):
                 i = k * per_caller + j
-                await rt.record("router", context(i), ACTIONS[i % 3], float(i % 2), propensity=1 / 3)
+                await rt.record(
+                    "router", context(i), ACTIONS[i % 3], float(i % 2), propensity=1 / 3
+                )
 
         started = time.perf_counter()
         async with anyio.create_task_group() as tg:
@@ -279,7 +283,9 @@ async def main(args: argparse.Namespace) -> None:
                 results[f"{label}_ratio"] = ratio
             report[backend] = results
         if args.memory:
-            samples = await memory_profile(f"sqlite+aiosqlite:///{workdir / 'memory.db'}", 1_000_000)
+            samples = await memory_profile(
+                f"sqlite+aiosqlite:///{workdir / 'memory.db'}", 1_000_000
+            )
             print("memory while ingesting 1M executions into SQLite (executions: RSS MiB):")
             print("  " + ", ".join(f"{i:,}: {mib:.0f}" for i, mib in samples))
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -290,8 +296,12 @@ async def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=50_000, help="executions per measurement")
     parser.add_argument("--backends", nargs="+", default=["sqlite", "postgresql"])
-    parser.add_argument("--memory", action="store_true", help="also profile memory over 1M executions")
+    parser.add_argument(
+        "--memory", action="store_true", help="also profile memory over 1M executions"
+    )
     anyio.run(main, parser.parse_args())

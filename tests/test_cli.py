@@ -460,6 +460,11 @@ def test_every_command_is_walked() -> None:
         ("db", "downgrade"),
         ("db", "upgrade"),
         ("demo",),
+        ("export",),
+        ("init",),
+        ("sql",),
+        ("status",),
+        ("versions",),
     }
 
 

@@ -208,7 +208,8 @@ def test_an_unknown_key_deep_in_a_section_names_its_whole_path() -> None:
         (
             {"agents": {"router": {"actons": []}}},
             "agents.router.actons: unknown key; did you mean 'actions'? allowed keys: "
-            "actions, baseline, exploration, learner, mode, model, reward, rollout, training",
+            "actions, baseline, exploration, learner, mode, model, reward, rollout, training, "
+            "validation",
         ),
         (
             {"agents": {"router": {"rollout": {"strategi": "canary"}}}},

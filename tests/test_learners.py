@@ -218,7 +218,7 @@ def round_trip(
 ) -> tuple[LearnedPolicy, FeatureEncoder]:
     """Store ``model`` as the updater does and load it back with :func:`load_policy`."""
     encoder = FeatureEncoder(FeatureSpec(dim=inputs)).fit([{"x": 1.0}, {"x": 3.0}])
-    trained = Trained(model, encoder, actions, {}, {"passed": True})
+    trained = Trained(model, encoder, actions, {}, [])
     artifact = _artifact(name, trained)
     row = PolicyVersion(
         agent_id="classifier", version=1, learner=name, artifact=artifact, sha256=sha256(artifact)
@@ -281,7 +281,7 @@ def test_an_artifact_stored_under_another_learner_is_refused() -> None:
     task = bandit_task("iris")
     model, _ = LinearLearner(LearnerSettings()).fit(task.train)
     assert isinstance(model, LinearModel)
-    trained = Trained(model, FeatureEncoder(FeatureSpec(dim=4)), task.train.actions, {}, {})
+    trained = Trained(model, FeatureEncoder(FeatureSpec(dim=4)), task.train.actions, {}, [])
     artifact = _artifact("linear", trained)
     row = PolicyVersion(
         agent_id="classifier",

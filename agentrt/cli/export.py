@@ -9,7 +9,6 @@ at the end.
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import IO, Annotated, Any, Literal, Protocol
 import anyio
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from sqlalchemy import JSON, Float, Integer, func, select
+from sqlalchemy import JSON, Float, Integer, Text, cast, func, select
 from sqlalchemy.engine import RowMapping
 
 from agentrt.cli.common import (
@@ -86,9 +85,12 @@ def export(
         raise fail(f"cannot tell the format from {out.name!r}: pass --format parquet or csv", 2)
     loaded = load(config)
     db = existing_database(loaded.database)
-    out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(f".{out.name}.partial")
-    sink: Sink = _ParquetSink(staging) if kind == "parquet" else _CsvSink(staging)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        sink: Sink = _ParquetSink(staging) if kind == "parquet" else _CsvSink(staging)
+    except OSError as exc:
+        raise fail(f"cannot write {out}: {exc.strerror or exc}") from None
 
     async def run() -> int:
         try:
@@ -128,7 +130,13 @@ async def _stream(
     db: Database, agent: str, since: datetime | None, until: datetime | None, sink: Sink
 ) -> int:
     view, decision = experience_view, DecisionRow
-    query = select(view).where(view.c.agent_id == agent)
+    # JSON columns come back as the database's JSON text: parsing and dumping them again
+    # would cost more than the rest of the export.
+    columns = [
+        cast(column, Text).label(column.name) if column.name in _JSON_COLUMNS else column
+        for column in view.columns
+    ]
+    query = select(*columns).where(view.c.agent_id == agent)
     count = select(func.count()).where(decision.agent_id == agent)
     if since is not None:
         query = query.where(view.c.created_at >= since)
@@ -159,12 +167,6 @@ async def _stream(
     return written
 
 
-def _json_text(value: object) -> str | None:
-    if value is None:
-        return None
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
 class _CsvSink:
     """CSV with a header; NULL is an empty field, JSON columns JSON text, times ISO 8601."""
 
@@ -174,12 +176,10 @@ class _CsvSink:
         self._writer.writerow(COLUMNS)
 
     def write(self, rows: Sequence[RowMapping]) -> None:
-        self._writer.writerows([self._field(name, row[name]) for name in COLUMNS] for row in rows)
+        self._writer.writerows([self._field(row[name]) for name in COLUMNS] for row in rows)
 
     @staticmethod
-    def _field(name: str, value: object) -> str:
-        if name in _JSON_COLUMNS:
-            value = _json_text(value)
+    def _field(value: object) -> str:
         if value is None:
             return ""
         return value.isoformat() if isinstance(value, datetime) else str(value)
@@ -206,7 +206,7 @@ class _ParquetSink:
         self._writer = pq.ParquetWriter(str(path), self._schema)
 
     def write(self, rows: Sequence[RowMapping]) -> None:
-        columns = {name: [_parquet_value(name, row[name]) for row in rows] for name in COLUMNS}
+        columns = {name: [_parquet_value(row[name]) for row in rows] for name in COLUMNS}
         self._writer.write_table(self._table.from_pydict(columns, schema=self._schema))
 
     def close(self) -> None:
@@ -223,9 +223,7 @@ def _arrow_type(pa: Any, column_type: object) -> Any:
     return pa.string()  # ids, names, and JSON documents as JSON text
 
 
-def _parquet_value(name: str, value: object) -> object:
-    if name in _JSON_COLUMNS:
-        return _json_text(value)
+def _parquet_value(value: object) -> object:
     if value is None or isinstance(value, int | float | str | datetime):
         return value
     return str(value)  # UUIDs

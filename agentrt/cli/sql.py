@@ -169,9 +169,11 @@ async def _sqlite(config: DatabaseConfig, statement: str, limit: int) -> Answer:
                 rows = list(await cursor.fetchmany(limit + 1)) if columns else []
         except sqlite3.ProgrammingError as exc:
             # The sqlite3 module refuses a second statement before SQLite sees it.
-            raise StorageError(f"{ONE_STATEMENT}: {exc}") from exc
+            if "one statement" in str(exc):
+                raise StorageError(f"{ONE_STATEMENT}: {exc}") from exc
+            raise
         except sqlite3.DatabaseError as exc:
-            code = exc.sqlite_errorcode & 0xFF
+            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
             if denied or code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_AUTH):
                 detail = f"the database refused {denied[0]}" if denied else str(exc)
                 raise _read_only(detail) from exc
