@@ -70,6 +70,11 @@ def demo_config(database: Path, seed: int, window: int = 1000) -> dict[str, Any]
                 "training": {"window": window, "min_rows": 100},
             },
         },
+        "experience_configuration": {
+            # More sensitive than the default (fewer false alarms matter less in a demo): a
+            # 0.3-standard-deviation drop of the reward is caught within about a hundred rewards.
+            "analysis": {"change_detection": {"delta": 0.1, "threshold": 10.0}},
+        },
         "model_configuration": {
             "learning_models": {
                 "router_model": {

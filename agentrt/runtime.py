@@ -34,7 +34,7 @@ from agentrt.errors import (
     UnknownActionError,
     UnknownDecisionError,
 )
-from agentrt.exploration import EpsilonGreedy, Strategy
+from agentrt.exploration import Strategy
 from agentrt.exploration import from_config as exploration_from_config
 from agentrt.ids import new_id
 from agentrt.inputs import (
@@ -48,6 +48,8 @@ from agentrt.inputs import (
     check_reward,
 )
 from agentrt.log import get_logger
+from agentrt.pipeline.adapter import StrategyAdapter, roll_back
+from agentrt.pipeline.adapter import describe as describe_strategy
 from agentrt.pipeline.collector import (
     CollectorStats,
     ExperienceCollector,
@@ -59,7 +61,15 @@ from agentrt.pipeline.extractor import KnowledgeExtractor
 from agentrt.pipeline.spill import ExperienceRecord, SpillDirectory
 from agentrt.plugins import PluginRegistry
 from agentrt.policy import BaselinePolicy, Choice, LearnedPolicy
-from agentrt.schemas import AgentCycle, CycleReport, Decision, DecisionMode, Episode, Feedback
+from agentrt.schemas import (
+    AgentCycle,
+    CycleReport,
+    Decision,
+    DecisionMode,
+    Episode,
+    Feedback,
+    StrategyUpdate,
+)
 from agentrt.storage import bulk, repositories
 from agentrt.storage.engine import Database
 from agentrt.storage.migrate import ensure_schema
@@ -459,16 +469,18 @@ class Runtime(AsyncContextManagerMixin):
     async def _cycle(self, agent_id: str) -> AgentCycle:
         updater = self._model_updater()
         started = time.perf_counter()
-        exploration = self._exploration[agent_id]
-        active = self._policies.get(agent_id, [])
-        parent = active[0].version if active else None
         self._cycles[agent_id] += 1
+        parent = self.active_version(agent_id)
         try:
             if self._extractor is not None:
                 knowledge = await self._extractor.extract(agent_id)
                 extracted = {item.kind: item.payload for item in knowledge}
             else:
                 extracted = {}
+            await self._check_regression(agent_id)
+            exploration = self._exploration[agent_id]
+            active = self._policies.get(agent_id, [])
+            parent = active[0].version if active else None
             trained, rows, learner = await updater.train(agent_id, self._cycles[agent_id])
             if trained is None:
                 minimum = self.config.agents[agent_id].training.min_rows
@@ -484,15 +496,22 @@ class Runtime(AsyncContextManagerMixin):
                 validation = await self._validate(agent_id, trained, learner, exploration, active)
                 passed = bool(validation["passed"])
                 stored = await updater.store(agent_id, learner, trained, parent, validation)
+                before = describe_strategy(parent, exploration)
                 if passed:
-                    if isinstance(exploration, EpsilonGreedy):
-                        exploration = exploration.decayed()
-                        self._exploration[agent_id] = exploration
                     policy = trained.policy(stored.version, learner, exploration)
-                    self._policies[agent_id] = [
-                        policy,
-                        *(p.with_exploration(exploration) for p in active[:1]),
-                    ]
+                    self._policies[agent_id] = [policy, *active[:1]]
+                await self._adapter().record(
+                    agent_id,
+                    "promote" if passed else "reject",
+                    before,
+                    describe_strategy(self.active_version(agent_id), exploration),
+                    {
+                        "candidate_version": stored.version,
+                        "reasons": validation.get("reasons", []),
+                        "ope": validation["validators"].get("ope", {}).get("reason"),
+                    },
+                )
+                await self._retune(agent_id, extracted, promoted=passed)
                 report = AgentCycle(
                     agent_id=agent_id,
                     status="activated" if passed else "rejected",
@@ -542,6 +561,100 @@ class Runtime(AsyncContextManagerMixin):
         except StorageError as exc:
             log.warning("metric_not_recorded", metric="learning_cycle", error=str(exc))
         return report
+
+    def _adapter(self) -> StrategyAdapter:
+        return StrategyAdapter(self.config, self.database)
+
+    async def _retune(self, agent_id: str, knowledge: dict[str, Any], *, promoted: bool) -> None:
+        current = self._exploration[agent_id]
+        updated, why = self._adapter().retune(agent_id, current, knowledge, promoted)
+        if why is None:
+            return
+        self._exploration[agent_id] = updated
+        self._policies[agent_id] = [
+            p.with_exploration(updated) for p in self._policies.get(agent_id, [])
+        ]
+        version = self.active_version(agent_id)
+        await self._adapter().record(
+            agent_id,
+            "exploration",
+            describe_strategy(version, current),
+            describe_strategy(version, updated),
+            {"reason": why},
+        )
+        log.info("exploration_retuned", agent=agent_id, reason=why, **updated.describe())
+
+    async def _check_regression(self, agent_id: str) -> None:
+        """Roll back when the active version's live reward fell significantly below its
+        predecessor's (or the baseline's)."""
+        policies = self._policies.get(agent_id, [])
+        if not policies:
+            return
+        active = policies[0]
+        async with self.database.session() as session:
+            row = await repositories.load_policy_version(session, agent_id, active.version)
+        parent = row.parent_version if row is not None else None
+        regressed, numbers = await self._adapter().regression(agent_id, active.version, parent)
+        if not regressed:
+            return
+        reference = numbers["reference"]
+        target = reference["version"]
+        reason = (
+            f"live reward {numbers['active']['mean']:.4f} (n={numbers['active']['n']}) fell "
+            f"below {'v' + str(target) if target is not None else 'the baseline'}'s "
+            f"{reference['mean']:.4f} (n={reference['n']})"
+        )
+        await self._roll_back(
+            agent_id, target if target is not None else parent, reason, numbers, manual=False
+        )
+
+    async def _roll_back(
+        self,
+        agent_id: str,
+        to: int | None,
+        reason: str,
+        numbers: dict[str, Any],
+        *,
+        manual: bool,
+    ) -> StrategyUpdate:
+        exploration = self._exploration[agent_id]
+        before = describe_strategy(self.active_version(agent_id), exploration)
+        retired, activated = await roll_back(self.database, agent_id, to, reason)
+        self._policies.pop(agent_id, None)
+        await self.refresh_policies()
+        update = await self._adapter().record(
+            agent_id,
+            "rollback",
+            before,
+            describe_strategy(self.active_version(agent_id), exploration),
+            {
+                "reason": reason,
+                "retired": retired,
+                "activated": activated,
+                "manual": manual,
+                **numbers,
+            },
+        )
+        log.warning(
+            "policy_rolled_back",
+            agent=agent_id,
+            retired=retired,
+            activated=activated,
+            reason=reason,
+        )
+        return update
+
+    async def rollback(self, agent_id: str, to: int | None = None) -> StrategyUpdate:
+        """Roll the agent back by hand: retire the active version and serve ``to`` (default:
+        the active version's predecessor, or the baseline when it has none). Recorded in
+        ``strategy_updates`` as a ``rollback`` with ``details.manual = true``.
+
+        Raises:
+            InvalidInputError: ``to`` is not a version the agent can return to.
+        """
+        self._agent(agent_id)
+        reason = f"rolled back by hand to {'v' + str(to) if to is not None else 'the predecessor'}"
+        return await self._roll_back(agent_id, to, reason, {}, manual=True)
 
     async def _validate(
         self,

@@ -462,6 +462,7 @@ def test_every_command_is_walked() -> None:
         ("demo",),
         ("export",),
         ("init",),
+        ("rollback",),
         ("sql",),
         ("status",),
         ("versions",),

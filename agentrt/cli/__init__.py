@@ -9,6 +9,7 @@ from agentrt.cli import db as db_commands
 from agentrt.cli import demo as demo_commands
 from agentrt.cli import export as export_commands
 from agentrt.cli import init as init_commands
+from agentrt.cli import rollback as rollback_commands
 from agentrt.cli import sql as sql_commands
 from agentrt.cli import status as status_commands
 from agentrt.cli import versions as versions_commands
@@ -32,6 +33,7 @@ app.command("versions")(versions_commands.versions)
 # A query may start with a `--` comment, which is not an option.
 app.command("sql", context_settings={"ignore_unknown_options": True})(sql_commands.sql)
 app.command("export")(export_commands.export)
+app.command("rollback")(rollback_commands.rollback)
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """KnowledgeExtractor: what an agent's recent experience says, as ``knowledge`` rows.
 
-Each extraction reads the agent's experience since the previous one (at most
+Each extraction reads the agent's experience since the start of the previous one's new rows (so
+consecutive windows overlap by one cycle and a change between cycles is visible; at most
 ``experience_configuration.collection.batch_size`` times ten rows; the first extraction takes
 the newest ones), runs the analyzers in a worker thread and stores their findings, one row per
 kind: action statistics and exploration health always, plus the analyzers named in
@@ -63,6 +64,7 @@ class KnowledgeExtractor:
             (name, registry.create("analyzer", name, config)) for name in names
         ]
         self._since: dict[str, datetime] = {}
+        self._window_start: dict[str, datetime] = {}
 
     async def extract(self, agent_id: str) -> list[Knowledge]:
         """Analyse the agent's experience since the last extraction and store the findings."""
@@ -78,7 +80,10 @@ class KnowledgeExtractor:
         )
         async with self.db.session() as session:
             await repositories.insert_knowledge(session, findings)
-        self._since[agent_id] = rows[-1].created_at + timedelta(microseconds=1)
+        # The next window starts where this one's new rows began: each window overlaps the
+        # previous one, so a change between two cycles is visible to the change detector.
+        self._since[agent_id] = self._window_start.get(agent_id, rows[0].created_at)
+        self._window_start[agent_id] = rows[-1].created_at + timedelta(microseconds=1)
         return findings
 
     def _analyze(self, agent_id: str, rows: Sequence[Experience]) -> list[Knowledge]:

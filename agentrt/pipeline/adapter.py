@@ -1,0 +1,200 @@
+"""StrategyAdapter: turns validation, knowledge and live performance into strategy changes.
+
+Every change is a ``strategy_updates`` row with the strategy before and after and why:
+
+- ``promote``: a validated candidate became the active version;
+- ``reject``: a candidate failed validation (the active version keeps serving);
+- ``exploration``: epsilon decayed after a cycle, or exploration re-opened because the
+  extractor found the reward dropping (a change point with a decrease);
+- ``rollback``: the active version's live reward fell significantly below its predecessor's
+  recorded live reward (or the baseline's), so the predecessor serves again; the same kind is
+  used for a rollback by hand (``Runtime.rollback`` / ``agentrt rollback``), with
+  ``details.manual = true``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any, NamedTuple
+
+from sqlalchemy import func, select
+
+from agentrt.config import AgentRTConfig
+from agentrt.errors import InvalidInputError
+from agentrt.exploration import EpsilonGreedy, Softmax, Strategy
+from agentrt.exploration import from_config as exploration_from_config
+from agentrt.schemas import StrategyUpdate
+from agentrt.storage import repositories
+from agentrt.storage.engine import Database
+from agentrt.storage.tables import experience_view
+
+__all__ = ["LiveReward", "StrategyAdapter", "live_rewards", "roll_back", "significantly_below"]
+
+_MIN_LIVE = 100
+_Z = 2.326  # one-sided 99%: a rollback needs strong evidence
+
+
+class LiveReward(NamedTuple):
+    """Live reward of the decisions one version (None: the baseline) served."""
+
+    n: int
+    mean: float
+    variance: float
+
+
+async def live_rewards(
+    db: Database, agent_id: str, versions: list[int | None]
+) -> dict[int | None, LiveReward]:
+    """Count, mean and variance of the rewards of the live decisions each version served."""
+    view = experience_view
+    query = (
+        select(
+            view.c.policy_version,
+            func.count(view.c.reward),
+            func.avg(view.c.reward),
+            func.avg(view.c.reward * view.c.reward),
+        )
+        .where(view.c.agent_id == agent_id, view.c.mode == "live", view.c.reward.is_not(None))
+        .group_by(view.c.policy_version)
+    )
+    found: dict[int | None, LiveReward] = {}
+    async with db.session() as session:
+        for version, count, mean, square in await session.execute(query):
+            if version in versions and count:
+                mean, square = float(mean), float(square)
+                found[version] = LiveReward(int(count), mean, max(square - mean * mean, 0.0))
+    return found
+
+
+def significantly_below(current: LiveReward, reference: LiveReward) -> tuple[bool, float]:
+    """Whether ``current`` is below ``reference`` at one-sided 99% (Welch z); and the z."""
+    if current.n < _MIN_LIVE or reference.n < _MIN_LIVE:
+        return False, 0.0
+    se = math.sqrt(current.variance / current.n + reference.variance / reference.n)
+    if se == 0.0:
+        return current.mean < reference.mean, -math.inf if current.mean < reference.mean else 0.0
+    z = (current.mean - reference.mean) / se
+    return z < -_Z, z
+
+
+def describe(active: int | None, exploration: Strategy) -> dict[str, Any]:
+    """The strategy as stored in ``strategy_updates.previous`` / ``updated``."""
+    return {"active_version": active, "exploration": exploration.describe()}
+
+
+class StrategyAdapter:
+    """Decides and records strategy changes for the agents of one runtime."""
+
+    def __init__(self, config: AgentRTConfig, db: Database) -> None:
+        self.config = config
+        self.db = db
+
+    async def record(
+        self,
+        agent_id: str,
+        kind: str,
+        previous: dict[str, Any],
+        updated: dict[str, Any],
+        details: dict[str, Any],
+    ) -> StrategyUpdate:
+        """Append one ``strategy_updates`` row."""
+        update = StrategyUpdate(
+            agent_id=agent_id, kind=kind, previous=previous, updated=updated, details=details
+        )
+        async with self.db.session() as session:
+            await repositories.append_strategy_update(session, update)
+        return update
+
+    def retune(
+        self, agent_id: str, exploration: Strategy, knowledge: dict[str, Any], promoted: bool
+    ) -> tuple[Strategy, str | None]:
+        """Exploration for the next cycle, and why it changed (None: unchanged).
+
+        A drop of the reward (a change point with a decrease in this cycle's window) re-opens
+        exploration at its configured level; otherwise epsilon decays after a promotion.
+        """
+        alarms = (knowledge.get("trend") or {}).get("alarms") or []
+        drops = [a for a in alarms if a.get("direction") == "decrease"]
+        configured = exploration_from_config(self.config.exploration_for(agent_id))
+        if drops:
+            reopened = _reopen(exploration, configured)
+            if reopened != exploration:
+                last = drops[-1]
+                return reopened, (
+                    f"reward dropped from {last.get('mean_before')} to {last.get('mean_after')} "
+                    f"at {last.get('change_at')}: exploration re-opened"
+                )
+            return exploration, None
+        if promoted and isinstance(exploration, EpsilonGreedy):
+            decayed = exploration.decayed()
+            if decayed != exploration:
+                return decayed, "epsilon decays after a promotion"
+        return exploration, None
+
+    async def regression(
+        self, agent_id: str, active: int, parent: int | None
+    ) -> tuple[bool, dict[str, Any]]:
+        """Whether the active version's live reward fell significantly below its predecessor's
+        (or the baseline's); with the numbers."""
+        rewards = await live_rewards(self.db, agent_id, [active, parent, None])
+        current = rewards.get(active)
+        references = [(parent, rewards.get(parent)), (None, rewards.get(None))]
+        for version, reference in references:
+            if current is None or reference is None:
+                continue
+            below, z = significantly_below(current, reference)
+            if below:
+                return True, {
+                    "active": {"version": active, **current._asdict()},
+                    "reference": {"version": version, **reference._asdict()},
+                    "z": z if math.isfinite(z) else None,
+                }
+        return False, {}
+
+
+def _reopen(current: Strategy, configured: Strategy) -> Strategy:
+    """Twice the configured exploration (epsilon or temperature), never less than now."""
+    if isinstance(current, EpsilonGreedy) and isinstance(configured, EpsilonGreedy):
+        return replace(current, epsilon=min(1.0, max(current.epsilon, 2 * configured.epsilon)))
+    if isinstance(current, Softmax) and isinstance(configured, Softmax):
+        return replace(current, temperature=max(current.temperature, 2 * configured.temperature))
+    return configured if type(current) is not type(configured) else current
+
+
+async def roll_back(
+    db: Database, agent_id: str, to: int | None, reason: str
+) -> tuple[int | None, int | None]:
+    """Retire the active version and activate ``to`` (default: the active one's parent; None
+    when there is none, and the baseline serves). Returns (retired, activated).
+
+    Raises:
+        InvalidInputError: ``to`` is not a stored, non-failed version of the agent.
+    """
+    async with db.session() as session:
+        active = await repositories.active_policy_version(session, agent_id)
+        target = to if to is not None else (active.parent_version if active else None)
+        if target is not None:
+            row = await repositories.load_policy_version(session, agent_id, target)
+            if row is None or row.status in ("failed", "candidate"):
+                known = [
+                    v.version for v in await repositories.list_policy_versions(session, agent_id)
+                ]
+                raise InvalidInputError(
+                    "to", target, f"is not a version {agent_id} can return to (stored: {known})"
+                )
+            if active is not None and row.version == active.version:
+                raise InvalidInputError("to", target, "is already the active version")
+        if active is None and target is None:
+            raise InvalidInputError(
+                "agent_id", agent_id, "has no active version: its baseline already serves"
+            )
+        if active is not None:
+            await repositories.set_policy_status(
+                session, agent_id, active.version, "retired", reason
+            )
+        if target is not None:
+            await repositories.set_policy_status(
+                session, agent_id, target, "active", f"reactivated: {reason}"
+            )
+    return (active.version if active else None), target
