@@ -384,7 +384,12 @@ class Runtime(AsyncContextManagerMixin):
         for agent_id in self.config.agents:
             async with self.database.session() as session:
                 active = await repositories.active_policy_version(session, agent_id)
-                if active is None or active.version == self.active_version(agent_id):
+                if active is None:
+                    # Another process may have rolled back to the baseline.
+                    if self._policies.pop(agent_id, None):
+                        log.info("policy_loaded", agent=agent_id, policy_version=None)
+                    continue
+                if active.version == self.active_version(agent_id):
                     continue
                 if self._refused.get(agent_id) == (active.version, active.sha256):
                     continue
@@ -491,6 +496,7 @@ class Runtime(AsyncContextManagerMixin):
                     rows=rows,
                     learner=learner,
                     active_version=parent,
+                    knowledge=extracted,
                 )
             else:
                 validation = await self._validate(agent_id, trained, learner, exploration, active)

@@ -396,8 +396,10 @@ def _accuracy(context: ValidationContext) -> float | None:
     rows = [r for r in _rows(context) if r.reward is not None and r.reward > 0]
     if not rows:
         return None
-    estimates, _ = _policy_matrix(context.candidate, rows, context.candidate.actions)
-    best = np.argmax(estimates, axis=1)
+    actions = context.candidate.actions
+    estimates, _ = _policy_matrix(context.candidate, rows, actions)
+    offered = np.array([[a in r.actions for a in actions] for r in rows])
+    best = np.argmax(np.where(offered, estimates, -np.inf), axis=1)
     logged = np.array([context.candidate.actions.index(r.action) for r in rows])
     return float(np.mean(best == logged))
 

@@ -55,6 +55,5 @@ def rollback(
 
     retired, activated = anyio.run(run)
     serving = f"v{activated}" if activated is not None else "the baseline"
-    console.print(
-        f"{agent}: retired v{retired}, now serving {serving}", markup=False, highlight=False
-    )
+    before = f"retired v{retired}" if retired is not None else "the baseline was serving"
+    console.print(f"{agent}: {before}, now serving {serving}", markup=False, highlight=False)

@@ -112,7 +112,7 @@ class StrategyAdapter:
         """Exploration for the next cycle, and why it changed (None: unchanged).
 
         A drop of the reward (a change point with a decrease in this cycle's window) re-opens
-        exploration at its configured level; otherwise epsilon decays after a promotion.
+        exploration at twice its configured level; otherwise epsilon decays after a promotion.
         """
         alarms = (knowledge.get("trend") or {}).get("alarms") or []
         drops = [a for a in alarms if a.get("direction") == "decrease"]
@@ -176,7 +176,7 @@ async def roll_back(
         target = to if to is not None else (active.parent_version if active else None)
         if target is not None:
             row = await repositories.load_policy_version(session, agent_id, target)
-            if row is None or row.status in ("failed", "candidate"):
+            if row is None or row.status in ("failed", "candidate", "rejected"):
                 known = [
                     v.version for v in await repositories.list_policy_versions(session, agent_id)
                 ]
