@@ -126,6 +126,7 @@ class Runtime(AsyncContextManagerMixin):
         self._updater: ModelUpdater | None = None
         self._extractor: KnowledgeExtractor | None = None
         self._limiter: anyio.CapacityLimiter | None = None
+        self._stopping = anyio.Event()
         self._swept: dict[str, datetime] = {}
         # Serving: per agent the active learned policy, then its predecessor (the fallback).
         self._policies: dict[str, list[LearnedPolicy]] = {}
@@ -162,6 +163,7 @@ class Runtime(AsyncContextManagerMixin):
             self._extractor = KnowledgeExtractor(self.config, db, self.registry, self._limiter)
             await self.refresh_policies()
             stopped = anyio.Event()
+            self._stopping = anyio.Event()
 
             async def run_collector(*, task_status: anyio.abc.TaskStatus[None]) -> None:
                 try:
@@ -178,6 +180,10 @@ class Runtime(AsyncContextManagerMixin):
                 try:
                     yield self
                 finally:
+                    # The periodic stages finish what they are doing and stop at their next
+                    # wait: cancelling them inside a database call would leave its cleanup
+                    # running past the end of the task group.
+                    self._stopping.set()
                     collector.close()
                     deadline = self.config.runtime.shutdown_timeout.total_seconds()
                     with anyio.move_on_after(deadline, shield=True) as scope:
@@ -424,10 +430,15 @@ class Runtime(AsyncContextManagerMixin):
             self._policies[agent_id] = chain
             log.info("policy_loaded", agent=agent_id, policy_version=self.active_version(agent_id))
 
+    async def _pause(self, seconds: float) -> bool:
+        """Wait ``seconds``; False when the runtime is stopping (the loop should end)."""
+        with anyio.move_on_after(seconds):
+            await self._stopping.wait()
+        return not self._stopping.is_set()
+
     async def _refresh_forever(self) -> None:
         interval = self.config.runtime.policy_refresh_interval.total_seconds()
-        while True:
-            await anyio.sleep(interval)
+        while await self._pause(interval):
             try:
                 await self.refresh_policies()
             except Exception as exc:  # the stage supervisor: log, keep serving
@@ -994,8 +1005,7 @@ class Runtime(AsyncContextManagerMixin):
             a.reward.wait_window for a in self.config.agents.values() if a.reward.wait_window
         ]
         interval = min(max(min(windows) / 4, timedelta(seconds=1)), timedelta(minutes=1))
-        while True:
-            await anyio.sleep(interval.total_seconds())
+        while await self._pause(interval.total_seconds()):
             try:
                 await self.apply_default_rewards()
             except Exception as exc:  # the stage supervisor: log, record, keep serving
