@@ -722,19 +722,7 @@ class Runtime(AsyncContextManagerMixin):
         value = check_reward(reward)
         result = check_outcome(outcome, self._max_bytes)
         checked_source = _check_source(source)
-        if self._sync:
-            await self._require_known(decision_id)
-        feedback = Feedback.trusted(
-            id=new_id(),
-            decision_id=decision_id,
-            kind="reward",
-            reward=value,
-            outcome=result,
-            source=checked_source,
-            created_at=self._clock(),
-        )
-        await self._submit(feedback)
-        return feedback
+        return await self._feedback(decision_id, "reward", value, result, checked_source)
 
     async def activate(self, decision: Decision | uuid.UUID | str) -> Feedback:
         """Say that a deferred decision's action was really taken; it now counts for learning.
@@ -751,15 +739,25 @@ class Runtime(AsyncContextManagerMixin):
                 str(decision_id),
                 f"is a {known[1]} decision; only deferred ones are activated",
             )
+        return await self._feedback(decision_id, "activation", None, None, None)
+
+    async def _feedback(
+        self,
+        decision_id: uuid.UUID,
+        kind: Literal["reward", "activation"],
+        reward: float | None,
+        outcome: dict[str, Any] | None,
+        source: str | None,
+    ) -> Feedback:
         if self._sync:
             await self._require_known(decision_id)
         feedback = Feedback.trusted(
             id=new_id(),
             decision_id=decision_id,
-            kind="activation",
-            reward=None,
-            outcome=None,
-            source=None,
+            kind=kind,
+            reward=reward,
+            outcome=outcome,
+            source=source,
             created_at=self._clock(),
         )
         await self._submit(feedback)
