@@ -1,0 +1,585 @@
+"""Learning quality: the supervised-to-bandit protocol of the contextual bandit bake-off.
+
+Bietti, Agarwal & Langford, "A Contextual Bandit Bake-off" (JMLR 2021): each labelled example
+is one round. The policy sees the features and picks an action (a class); the reward is 1 when
+it is the label, else 0, and only the chosen action's reward is revealed. The figure is the
+progressive average reward over one pass of a shuffled dataset, averaged over seeds (each seed
+is another shuffle, the same one for every policy).
+
+Datasets: scikit-learn's bundled iris, wine, breast_cancer and digits, and two fixed
+``make_classification`` sets (2,000 rows, 20 features, 10 informative, 5 and 10 classes,
+``random_state=7``). Features are standardised over the whole dataset (constant columns become
+0) and every policy sees the same values (``--raw-features`` passes them unscaled to everyone).
+
+Policies, side by side in the same run:
+
+- agentrt, through its public API only: one ``Runtime`` per (configuration, N, seed) on a
+  temporary SQLite file, one agent per dataset, actions ``c0..cK``, contexts
+  ``{"f0": x0, ...}``; each round ``decide()`` then ``reward()``, and every N rounds
+  ``await rt.run_cycle(agent)`` (train on the stored window, validate, hot-swap). N = 1 is not
+  run: agentrt's learners retrain from the stored window on every cycle rather than updating
+  incrementally, so N = 1 would retrain from scratch after every round. Configurations:
+  ``linear`` (the default: ``linear`` learner, no exploration block, hence the exploration
+  derived from ``optimization_parameters``: epsilon-greedy, epsilon 0.1 decaying by 0.995 per
+  activated version, floor 0.01; the uniform baseline until the first version is active) and
+  ``neural`` (``mlp``, 2 hidden layers of 32, 10 epochs, lr 3e-3, same exploration). Both use
+  ``runtime.durability: buffered``, ``training.min_rows: 20``, a window holding the whole pass,
+  the default feature width (64 hashed slots) and validators; a rejected candidate is part of
+  what is measured.
+- uniform random: the floor.
+- Vowpal Wabbit ``--cb_explore_adf -q sa`` with ``--epsilon 0.05`` and with ``--squarecb``
+  (``vowpalwabbit.Workspace``, ADF text: shared features, one line per action; learns after
+  every round with cost ``1 - reward`` and the probability of the chosen action).
+- MABWiser ``LinUCB(alpha=1.0)``, ``partial_fit`` every round (``--linucb-batch`` to batch).
+- the ceiling: VW ``--oaa K --loss_function logistic``, an online logistic regression that sees
+  every label (full information), predicting before learning. (scikit-learn's
+  ``SGDClassifier.partial_fit`` costs 1.4-2.5 ms a round here, too slow for a default run.)
+
+"Best peer" is the best of uniform, the two VW policies and LinUCB (the ceiling sees labels and
+is not a peer). The project's target for agentrt's default configuration: the best average
+across datasets, ahead of every peer, and no dataset below 0.95 of the best peer.
+
+    python bench/learning.py                 # 6 datasets, 1 seed, N = 50 and 500 (2-5 min, 2 cores)
+    python bench/learning.py --quick         # iris, wine, breast_cancer; 2 seeds; N = 50 (~20 s)
+    python bench/learning.py --seeds 5       # the full protocol: 5 seeds (10-20 min on 2 cores)
+
+Diagnostics (agentrt settings the default run leaves alone):
+
+    python bench/learning.py --configs linear --every 50 --validators sanity   # no OPE gate
+    python bench/learning.py --configs linear --every 50 --exploration ucb
+    python bench/learning.py --configs linear --every 50 --exploration epsilon_greedy --epsilon 0.02
+    python bench/learning.py --configs linear --every 50 --feature-dim 256      # fewer collisions
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import statistics
+import tempfile
+import time
+import zlib
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import anyio
+import numpy as np
+import numpy.typing as npt
+import structlog
+
+from agentrt import Runtime, load_config
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DATASETS = ("iris", "wine", "breast_cancer", "digits", "synthetic_5", "synthetic_10")
+QUICK_DATASETS = ("iris", "wine", "breast_cancer")
+PEERS = ("uniform", "vw_epsilon", "vw_squarecb", "linucb")
+CEILING = "ceiling"
+CONFIGS = ("linear", "neural")
+DEFAULT_CONFIG = "linear"
+DEFAULT_FEATURE_DIM = 64
+LABELS = {
+    "uniform": "uniform random",
+    "vw_epsilon": "VW cb_explore_adf epsilon 0.05",
+    "vw_squarecb": "VW cb_explore_adf squarecb",
+    "linucb": "MABWiser LinUCB alpha=1",
+    CEILING: "ceiling: VW oaa logistic (labels)",
+}
+
+Floats = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    x: Floats
+    y: npt.NDArray[np.int64]
+    classes: int
+
+
+def load_datasets(names: list[str], raw: bool) -> dict[str, Dataset]:
+    from sklearn import datasets as sk
+
+    loaders: dict[str, Callable[[], tuple[Any, Any]]] = {
+        "iris": lambda: sk.load_iris(return_X_y=True),
+        "wine": lambda: sk.load_wine(return_X_y=True),
+        "breast_cancer": lambda: sk.load_breast_cancer(return_X_y=True),
+        "digits": lambda: sk.load_digits(return_X_y=True),
+        "synthetic_5": lambda: sk.make_classification(
+            n_samples=2000, n_features=20, n_informative=10, n_classes=5, random_state=7
+        ),
+        "synthetic_10": lambda: sk.make_classification(
+            n_samples=2000, n_features=20, n_informative=10, n_classes=10, random_state=7
+        ),
+    }
+    out = {}
+    for name in names:
+        x, y = loaders[name]()
+        x = np.asarray(x, dtype=np.float64)
+        if not raw:
+            std = x.std(axis=0)
+            x = np.where(std > 0, (x - x.mean(axis=0)) / np.where(std > 0, std, 1.0), 0.0)
+        labels = np.asarray(y, dtype=np.int64)
+        out[name] = Dataset(name, x, labels, int(labels.max()) + 1)
+    return out
+
+
+def hashed_slots(features: int, dim: int) -> int:
+    """Distinct slots agentrt's hashing trick gives keys f0..f{features-1} (numbers hash
+    ``n:KEY`` with CRC32 modulo the width, see agentrt/learning/features.py)."""
+    return len({zlib.crc32(f"n:f{j}".encode()) % dim for j in range(features)})
+
+
+# -- peers ------------------------------------------------------------------------------------
+
+
+class Peer(Protocol):
+    def choose(self, x: Floats) -> tuple[int, float]: ...
+
+    def learn(self, x: Floats, action: int, reward: float, label: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Uniform:
+    def __init__(self, classes: int, seed: int) -> None:
+        self.classes = classes
+        self.rng = np.random.default_rng(seed)
+
+    def choose(self, x: Floats) -> tuple[int, float]:
+        return int(self.rng.integers(self.classes)), 1.0 / self.classes
+
+    def learn(self, x: Floats, action: int, reward: float, label: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def vw_features(x: Floats) -> str:
+    return " ".join(f"f{j}:{v:.6g}" for j, v in enumerate(x) if v != 0.0)
+
+
+class VowpalBandit:
+    """``--cb_explore_adf``: VW returns the distribution; the action is drawn here from it."""
+
+    def __init__(self, classes: int, seed: int, exploration: str) -> None:
+        from vowpalwabbit import Workspace
+
+        self.vw = Workspace(f"--cb_explore_adf {exploration} -q sa --quiet --random_seed {seed}")
+        self.classes = classes
+        self.rng = np.random.default_rng(seed)
+        self.actions = [f"|a a{k}" for k in range(classes)]
+        self._last = 1.0 / classes
+
+    def choose(self, x: Floats) -> tuple[int, float]:
+        pmf = np.asarray(self.vw.predict([f"shared |s {vw_features(x)}", *self.actions]))
+        pmf = pmf / pmf.sum()
+        action = int(self.rng.choice(self.classes, p=pmf))
+        self._last = float(pmf[action])
+        return action, self._last
+
+    def learn(self, x: Floats, action: int, reward: float, label: int) -> None:
+        lines = [f"shared |s {vw_features(x)}", *self.actions]
+        lines[action + 1] = f"0:{1.0 - reward}:{self._last} {self.actions[action]}"
+        self.vw.learn(lines)
+
+    def close(self) -> None:
+        self.vw.finish()
+
+
+class LinUCB:
+    """MABWiser's LinUCB; ``partial_fit`` every ``batch`` rounds, uniform before the first."""
+
+    def __init__(self, classes: int, seed: int, alpha: float, batch: int) -> None:
+        from mabwiser.mab import MAB, LearningPolicy
+
+        self.mab = MAB(list(range(classes)), LearningPolicy.LinUCB(alpha=alpha), seed=seed)
+        self.classes = classes
+        self.rng = np.random.default_rng(seed)
+        self.batch = batch
+        self.pending: tuple[list[int], list[float], list[Floats]] = ([], [], [])
+        self.fitted = False
+
+    def choose(self, x: Floats) -> tuple[int, float]:
+        if not self.fitted:
+            return int(self.rng.integers(self.classes)), 1.0 / self.classes
+        return int(self.mab.predict(x[None, :])), 1.0  # deterministic argmax of the bound
+
+    def learn(self, x: Floats, action: int, reward: float, label: int) -> None:
+        actions, rewards, contexts = self.pending
+        actions.append(action)
+        rewards.append(reward)
+        contexts.append(x)
+        if len(actions) >= self.batch:
+            self.mab.partial_fit(actions, rewards, np.vstack(contexts))
+            self.fitted = True
+            self.pending = ([], [], [])
+
+    def close(self) -> None:
+        pass
+
+
+class Ceiling:
+    """Full information: VW one-against-all logistic regression, trained on every label."""
+
+    def __init__(self, classes: int, seed: int) -> None:
+        from vowpalwabbit import Workspace
+
+        self.vw = Workspace(
+            f"--oaa {classes} --loss_function logistic --quiet --random_seed {seed}"
+        )
+
+    def choose(self, x: Floats) -> tuple[int, float]:
+        return int(self.vw.predict(f"|s {vw_features(x)}")) - 1, 1.0
+
+    def learn(self, x: Floats, action: int, reward: float, label: int) -> None:
+        self.vw.learn(f"{label + 1} |s {vw_features(x)}")
+
+    def close(self) -> None:
+        self.vw.finish()
+
+
+def make_peer(name: str, classes: int, seed: int, args: argparse.Namespace) -> Peer:
+    if name == "uniform":
+        return Uniform(classes, seed)
+    if name == "vw_epsilon":
+        return VowpalBandit(classes, seed, "--epsilon 0.05")
+    if name == "vw_squarecb":
+        return VowpalBandit(classes, seed, "--squarecb")
+    if name == "linucb":
+        return LinUCB(classes, seed, args.linucb_alpha, args.linucb_batch)
+    return Ceiling(classes, seed)
+
+
+def run_peer(name: str, data: Dataset, order: npt.NDArray[np.int64], seed: int, args: Any) -> float:
+    peer = make_peer(name, data.classes, seed, args)
+    total = 0.0
+    try:
+        for i in order:
+            x, label = data.x[i], int(data.y[i])
+            action, _ = peer.choose(x)
+            reward = 1.0 if action == label else 0.0
+            peer.learn(x, action, reward, label)
+            total += reward
+    finally:
+        peer.close()
+    return total / len(order)
+
+
+# -- agentrt --------------------------------------------------------------------------------
+
+
+@dataclass
+class AgentRun:
+    reward: float
+    seconds: float
+    cycle_seconds: float
+    fit_seconds: float
+    statuses: Counter[str] = field(default_factory=Counter)
+    rejected_by: Counter[str] = field(default_factory=Counter)
+    final_exploration: dict[str, Any] = field(default_factory=dict)
+
+
+def agentrt_config(
+    path: Path, variant: str, seed: int, datasets: dict[str, Dataset], args: argparse.Namespace
+) -> Any:
+    agent: dict[str, Any] = {
+        "training": {"min_rows": 20, "window": 100_000, "feature_dim": args.feature_dim},
+    }
+    if variant == "neural":
+        agent.update(learner="neural", model="small_mlp")
+    if args.validators is not None:
+        agent["validation"] = {"validators": args.validators}
+    if args.exploration is not None:
+        agent["exploration"] = {"method": args.exploration}
+        if args.epsilon is not None:
+            agent["exploration"].update(epsilon=args.epsilon, floor=min(args.epsilon, 0.01))
+    return load_config(
+        None,
+        {
+            "database": {"url": f"sqlite+aiosqlite:///{path}"},
+            "runtime": {"durability": "buffered", "seed": seed, "auto_migrate": True},
+            "agents": {
+                name: {**agent, "actions": [f"c{k}" for k in range(data.classes)]}
+                for name, data in datasets.items()
+            },
+            "model_configuration": {
+                "learning_models": {
+                    "small_mlp": {
+                        "type": "contextual_bandit",
+                        "architecture": "mlp",
+                        "parameters": {
+                            "hidden_size": 32,
+                            "num_layers": 2,
+                            "epochs": 10,
+                            "learning_rate": 3e-3,
+                            "batch_size": 64,
+                        },
+                    }
+                }
+            },
+        },
+    )
+
+
+async def run_agentrt(
+    variant: str,
+    every: int,
+    seed: int,
+    datasets: dict[str, Dataset],
+    orders: dict[str, npt.NDArray[np.int64]],
+    workdir: Path,
+    args: argparse.Namespace,
+) -> dict[str, AgentRun]:
+    path = workdir / f"learning-{variant}-{every}-{seed}.db"
+    config = agentrt_config(path, variant, seed, datasets, args)
+    runs: dict[str, AgentRun] = {}
+    async with Runtime(config) as rt:
+        for name, data in datasets.items():
+            contexts = [{f"f{j}": float(v) for j, v in enumerate(row)} for row in data.x]
+            labels = [f"c{k}" for k in data.y]
+            run = AgentRun(0.0, 0.0, 0.0, 0.0)
+            total = 0.0
+            started = time.perf_counter()
+            n = len(orders[name])
+            for i, row in enumerate(orders[name]):
+                decision = await rt.decide(name, contexts[row])
+                reward = 1.0 if decision.action == labels[row] else 0.0
+                await rt.reward(decision, reward)
+                total += reward
+                if (i + 1) % every == 0 and i + 1 < n:
+                    report = (await rt.run_cycle(name))[name]
+                    run.cycle_seconds += report.seconds
+                    run.fit_seconds += float(report.metrics.get("fit_seconds") or 0.0)
+                    run.statuses[report.status] += 1
+                    if report.status == "rejected" and report.reason:
+                        for part in report.reason.split("; "):
+                            run.rejected_by[part.split(":", 1)[0]] += 1
+                run.final_exploration = dict(decision.exploration)
+            run.seconds = time.perf_counter() - started
+            run.reward = total / n
+            runs[name] = run
+    return runs
+
+
+# -- report -----------------------------------------------------------------------------------
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def print_dataset(
+    data: Dataset,
+    scores: dict[str, dict[str, list[float]]],
+    agentrt_labels: list[str],
+    agent_runs: dict[str, dict[str, list[AgentRun]]],
+    feature_dim: int,
+) -> None:
+    name = data.name
+    slots = hashed_slots(data.x.shape[1], feature_dim)
+    print(
+        f"\n{name}: {len(data.y)} rounds, {data.classes} actions, {data.x.shape[1]} features "
+        f"(agentrt hashes them into {slots} distinct slots of {feature_dim})"
+    )
+    best_peer = max(statistics.fmean(scores[p][name]) for p in PEERS)
+    print(f"  {'policy':<38} {'reward':>7} {'± std':>7}  {'/ best peer':>11}")
+    for label in [CEILING, *PEERS, *agentrt_labels]:
+        m, s = mean_std(scores[label][name])
+        spread = f"{s:7.3f}" if len(scores[label][name]) > 1 else f"{'-':>7}"
+        extra = ""
+        if label in agent_runs:
+            runs = agent_runs[label][name]
+            statuses: Counter[str] = sum((r.statuses for r in runs), Counter())
+            rejected: Counter[str] = sum((r.rejected_by for r in runs), Counter())
+            spent = sum(r.cycle_seconds for r in runs)
+            cycle = spent / max(sum(statuses.values()), 1)
+            fit = sum(r.fit_seconds for r in runs) / spent if spent else 0.0
+            eps = runs[-1].final_exploration.get("epsilon")
+            extra = "  cycles " + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items()))
+            if not statuses:
+                extra = "  no cycle (the pass is not longer than N)"
+            if rejected:
+                extra += " (by " + ", ".join(f"{k} {v}" for k, v in rejected.most_common()) + ")"
+            if statuses:
+                extra += f"; {cycle * 1000:.0f} ms/cycle ({fit:.0%} in fit)"
+            if eps is not None:
+                extra += f"; final epsilon {eps:.3f}"
+        print(f"  {LABELS.get(label, label):<38} {m:7.3f} {spread}  {m / best_peer:11.3f}{extra}")
+
+
+def verdict(
+    label: str, scores: dict[str, dict[str, list[float]]], names: list[str]
+) -> dict[str, Any]:
+    averages = {p: statistics.fmean(statistics.fmean(scores[p][n]) for n in names) for p in PEERS}
+    own = statistics.fmean(statistics.fmean(scores[label][n]) for n in names)
+    ranking = sorted(
+        [*PEERS, label], key=lambda p: own if p == label else averages[p], reverse=True
+    )
+    ratios = {
+        n: statistics.fmean(scores[label][n]) / max(statistics.fmean(scores[p][n]) for p in PEERS)
+        for n in names
+    }
+    best_peer = max(averages, key=lambda p: averages[p])
+    ahead = own > averages[best_peer]
+    floor = min(ratios.values())
+    return {
+        "average": own,
+        "rank": ranking.index(label) + 1,
+        "of": len(ranking),
+        "best_peer": best_peer,
+        "best_peer_average": averages[best_peer],
+        "ratio_to_best_peer": ratios,
+        "min_ratio": floor,
+        "target_met": ahead and floor >= 0.95,
+    }
+
+
+async def main(args: argparse.Namespace) -> None:
+    # The benchmark is the application here: it keeps agentrt's info lines off the table.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    if args.quick:
+        args.datasets, args.seeds, args.every = list(QUICK_DATASETS), 2, [50]
+    datasets = load_datasets(args.datasets, args.raw_features)
+    seeds = list(range(args.seeds))
+    orders = {
+        seed: {
+            n: np.random.default_rng(1000 + seed).permutation(len(d.y)) for n, d in datasets.items()
+        }
+        for seed in seeds
+    }
+    agentrt_labels = [f"agentrt {c} N={n}" for c in args.configs for n in args.every]
+    scores: dict[str, dict[str, list[float]]] = {
+        p: {n: [] for n in datasets} for p in [CEILING, *PEERS, *agentrt_labels]
+    }
+    seconds: Counter[str] = Counter()
+    agent_runs: dict[str, dict[str, list[AgentRun]]] = {
+        label: {n: [] for n in datasets} for label in agentrt_labels
+    }
+    print(
+        f"supervised-to-bandit, one pass per seed; datasets {', '.join(datasets)}; "
+        f"seeds {len(seeds)}; agentrt cycles every N = {', '.join(map(str, args.every))} rounds "
+        f"(N = 1 is not run: agentrt's learners retrain from the stored window, they do not "
+        f"update incrementally)"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in seeds:
+            for peer in [CEILING, *PEERS]:
+                started = time.perf_counter()
+                for name, data in datasets.items():
+                    scores[peer][name].append(run_peer(peer, data, orders[seed][name], seed, args))
+                seconds[peer] += time.perf_counter() - started
+            for config in args.configs:
+                for every in args.every:
+                    label = f"agentrt {config} N={every}"
+                    started = time.perf_counter()
+                    runs = await run_agentrt(
+                        config, every, seed, datasets, orders[seed], Path(tmp), args
+                    )
+                    seconds[label] += time.perf_counter() - started
+                    for name, run in runs.items():
+                        scores[label][name].append(run.reward)
+                        agent_runs[label][name].append(run)
+            print(f"  seed {seed} done ({sum(seconds.values()):.0f} s so far)", flush=True)
+
+    names = list(datasets)
+    for data in datasets.values():
+        print_dataset(data, scores, agentrt_labels, agent_runs, args.feature_dim)
+
+    print(f"\naverage progressive reward across {len(names)} datasets (wall seconds, all seeds):")
+    for label in [CEILING, *PEERS, *agentrt_labels]:
+        avg = statistics.fmean(statistics.fmean(scores[label][n]) for n in names)
+        print(f"  {LABELS.get(label, label):<38} {avg:7.3f}   {seconds[label]:7.1f} s")
+
+    report: dict[str, Any] = {
+        "protocol": "supervised-to-bandit, one pass, progressive average reward",
+        "datasets": {
+            n: {"rows": len(d.y), "classes": d.classes, "features": d.x.shape[1]}
+            for n, d in datasets.items()
+        },
+        "seeds": len(seeds),
+        "every": args.every,
+        "feature_dim": args.feature_dim,
+        "raw_features": args.raw_features,
+        "validators": args.validators,
+        "exploration": args.exploration,
+        "epsilon": args.epsilon,
+        "scores": {label: {n: v for n, v in per.items()} for label, per in scores.items()},
+        "means": {
+            label: {n: statistics.fmean(v) for n, v in per.items()} for label, per in scores.items()
+        },
+        "averages": {
+            label: statistics.fmean(statistics.fmean(v) for v in per.values())
+            for label, per in scores.items()
+        },
+        "seconds": dict(seconds),
+        "agentrt_cycles": {
+            label: {
+                n: {
+                    "statuses": dict(sum((r.statuses for r in runs), Counter())),
+                    "rejected_by": dict(sum((r.rejected_by for r in runs), Counter())),
+                    "cycle_seconds": sum(r.cycle_seconds for r in runs),
+                    "fit_seconds": sum(r.fit_seconds for r in runs),
+                }
+                for n, runs in per.items()
+            }
+            for label, per in agent_runs.items()
+        },
+        "targets": {},
+    }
+    if DEFAULT_CONFIG in args.configs:
+        print(
+            "\nagentrt default configuration (linear learner, epsilon-greedy 0.1 decaying by 0.995 "
+            "per activated version, floor 0.01). Target: best average across datasets, ahead of "
+            "every peer, no dataset below 0.95 of the best peer."
+        )
+        for every in args.every:
+            label = f"agentrt {DEFAULT_CONFIG} N={every}"
+            result = verdict(label, scores, names)
+            report["targets"][label] = result
+            ratios = ", ".join(f"{n} {r:.2f}" for n, r in result["ratio_to_best_peer"].items())
+            print(
+                f"  N={every}: average {result['average']:.3f}, rank {result['rank']} of "
+                f"{result['of']} (best peer {LABELS[result['best_peer']]} "
+                f"{result['best_peer_average']:.3f}); ratio to the best peer: {ratios}; "
+                f"target {'MET' if result['target_met'] else 'NOT MET'}"
+            )
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "learning.json").write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    parser.add_argument("--seeds", type=int, default=1, help="shuffles (the protocol uses 5)")
+    parser.add_argument(
+        "--every", type=int, nargs="+", default=[50, 500], help="rounds between learning cycles"
+    )
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
+    parser.add_argument("--quick", action="store_true", help="3 small datasets, 2 seeds, N=50")
+    parser.add_argument("--feature-dim", type=int, default=DEFAULT_FEATURE_DIM)
+    parser.add_argument("--raw-features", action="store_true", help="do not standardise")
+    parser.add_argument(
+        "--validators", nargs="+", help="agentrt validators (default: agentrt's own list)"
+    )
+    parser.add_argument(
+        "--exploration",
+        choices=("epsilon_greedy", "softmax", "ucb", "thompson"),
+        help="agentrt exploration method (default: the one derived from optimization_parameters)",
+    )
+    parser.add_argument("--epsilon", type=float, help="with --exploration epsilon_greedy")
+    parser.add_argument("--linucb-alpha", type=float, default=1.0)
+    parser.add_argument("--linucb-batch", type=int, default=1, help="rounds per partial_fit")
+    parsed = parser.parse_args()
+    if any(n < 2 for n in parsed.every):
+        parser.error("--every must be at least 2 (see the docstring about N = 1)")
+    if not math.isfinite(parsed.linucb_alpha):
+        parser.error("--linucb-alpha must be finite")
+    anyio.run(main, parsed)
