@@ -125,6 +125,7 @@ class Runtime(AsyncContextManagerMixin):
         self._collector: ExperienceCollector | None = None
         self._updater: ModelUpdater | None = None
         self._extractor: KnowledgeExtractor | None = None
+        self._adapter: StrategyAdapter | None = None
         self._limiter: anyio.CapacityLimiter | None = None
         self._stopping = anyio.Event()
         self._swept: dict[str, datetime] = {}
@@ -161,6 +162,7 @@ class Runtime(AsyncContextManagerMixin):
             self._db, self._collector = db, collector
             self._limiter = anyio.CapacityLimiter(1)
             self._extractor = KnowledgeExtractor(self.config, db, self.registry, self._limiter)
+            self._adapter = StrategyAdapter(self.config, db)
             await self.refresh_policies()
             stopped = anyio.Event()
             self._stopping = anyio.Event()
@@ -203,6 +205,7 @@ class Runtime(AsyncContextManagerMixin):
             self._db = None
             self._updater = None
             self._extractor = None
+            self._adapter = None
             self._limiter = None
             with anyio.CancelScope(shield=True):
                 await db.dispose()
@@ -316,8 +319,7 @@ class Runtime(AsyncContextManagerMixin):
         if chosen_mode not in _MODES:
             raise InvalidInputError("mode", mode, "must be live, shadow or deferred")
         _check_step(episode_id, step)
-        choice = self._choose(agent_id, ctx, offered, allowed)
-        policy_action: str | None = None
+        # Every argument is checked before the policy runs: a bad call costs no inference.
         if chosen_mode == "shadow":
             if app_action is None:
                 raise InvalidInputError(
@@ -329,11 +331,14 @@ class Runtime(AsyncContextManagerMixin):
                 raise UnknownActionError(
                     "app_action", app_action, f"is not offered ({', '.join(offered)})"
                 )
+        elif app_action is not None:
+            raise InvalidInputError("app_action", app_action, "is only used in shadow mode")
+        choice = self._choose(agent_id, ctx, offered, allowed)
+        policy_action: str | None = None
+        if app_action is not None:
             index, propensity = offered.index(app_action), None
             policy_action = offered[choice.action_index]
         else:
-            if app_action is not None:
-                raise InvalidInputError("app_action", app_action, "is only used in shadow mode")
             index = choice.action_index
             propensity = choice.probabilities[index]
         decision = Decision.trusted(
@@ -517,7 +522,7 @@ class Runtime(AsyncContextManagerMixin):
                 if passed:
                     policy = trained.policy(stored.version, learner, exploration)
                     self._policies[agent_id] = [policy, *active[:1]]
-                await self._adapter().record(
+                await self._strategy().record(
                     agent_id,
                     "promote" if passed else "reject",
                     before,
@@ -579,12 +584,14 @@ class Runtime(AsyncContextManagerMixin):
             log.warning("metric_not_recorded", metric="learning_cycle", error=str(exc))
         return report
 
-    def _adapter(self) -> StrategyAdapter:
-        return StrategyAdapter(self.config, self.database)
+    def _strategy(self) -> StrategyAdapter:
+        if self._adapter is None:
+            raise StorageError("the runtime is not open: use `async with runtime:` first")
+        return self._adapter
 
     async def _retune(self, agent_id: str, knowledge: dict[str, Any], *, promoted: bool) -> None:
         current = self._exploration[agent_id]
-        updated, why = self._adapter().retune(agent_id, current, knowledge, promoted)
+        updated, why = self._strategy().retune(agent_id, current, knowledge, promoted)
         if why is None:
             return
         self._exploration[agent_id] = updated
@@ -592,7 +599,7 @@ class Runtime(AsyncContextManagerMixin):
             p.with_exploration(updated) for p in self._policies.get(agent_id, [])
         ]
         version = self.active_version(agent_id)
-        await self._adapter().record(
+        await self._strategy().record(
             agent_id,
             "exploration",
             describe_strategy(version, current),
@@ -611,7 +618,7 @@ class Runtime(AsyncContextManagerMixin):
         async with self.database.session() as session:
             row = await repositories.load_policy_version(session, agent_id, active.version)
         parent = row.parent_version if row is not None else None
-        regressed, numbers = await self._adapter().regression(agent_id, active.version, parent)
+        regressed, numbers = await self._strategy().regression(agent_id, active.version, parent)
         if not regressed:
             return
         reference = numbers["reference"]
@@ -639,7 +646,7 @@ class Runtime(AsyncContextManagerMixin):
         retired, activated = await roll_back(self.database, agent_id, to, reason)
         self._policies.pop(agent_id, None)
         await self.refresh_policies()
-        update = await self._adapter().record(
+        update = await self._strategy().record(
             agent_id,
             "rollback",
             before,

@@ -301,7 +301,7 @@ class LatencyValidator:
         metric = (
             context.config.performance_metrics.learning_metrics.adaptation_performance.response_time
         )
-        sample = [r for r in context.held_out[:50]] or []
+        sample = list(context.held_out[:50])
         rng = random.Random(0)
         timings: list[float] = []
         for i in range(200):

@@ -188,8 +188,9 @@ class ModelUpdater:
         if len(usable) < agent.training.min_rows:
             return None, len(usable), name
         actions = tuple(agent.actions) or tuple(sorted({row.action for row in usable}))
-        learner: Learner = self.registry.create("learner", name, self.settings(agent_id, cycle))
-        work = partial(_train, learner, usable, actions, self.settings(agent_id, cycle))
+        settings = self.settings(agent_id, cycle)
+        learner: Learner = self.registry.create("learner", name, settings)
+        work = partial(_train, learner, usable, actions, settings)
         trained = await anyio.to_thread.run_sync(work, limiter=self.limiter)
         return trained, len(usable), name
 
