@@ -8,12 +8,16 @@ sample, under ``torch.inference_mode``.
 
 Targets: ``record()``/``reward()`` p99 <= 25 us; ``decide()`` with the baseline p99 <= 50 us.
 
-    python bench/hotpath.py [--calls 50000]
+    python bench/hotpath.py [--calls 50000] [--gc-off]
+
+``--gc-off`` disables Python's cyclic garbage collector for the run, to show how much of the
+p99 its collections account for.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import tempfile
 import time
@@ -124,4 +128,8 @@ if __name__ == "__main__":
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--calls", type=int, default=50_000, help="timed calls per operation")
-    anyio.run(main, parser.parse_args())
+    parser.add_argument("--gc-off", action="store_true", help="disable the cyclic GC")
+    arguments = parser.parse_args()
+    if arguments.gc_off:
+        gc.disable()
+    anyio.run(main, arguments)
