@@ -360,6 +360,14 @@ class ModelParametersConfig(_Section):
     hidden_size: PositiveInt = 64
     num_layers: PositiveInt = 2
     dropout: Annotated[float, _between(0.0, 1.0, high_open=True)] = 0.0
+    # Episodic learners (``dqn``, ``behavior_cloning``).
+    gamma: Annotated[float, _between(0.0, 1.0)] = 0.99
+    target_sync: PositiveInt = 100
+    conservative_weight: Annotated[float, Field(ge=0), AfterValidator(_finite)] = 1.0
+    history: PositiveInt = 8
+    top_quantile: OpenFraction = 0.5
+    advantage_weighted: bool = False
+    advantage_temperature: PositiveFloat = 1.0
 
 
 class OptimizerParametersConfig(_Section):

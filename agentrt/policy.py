@@ -7,6 +7,8 @@ decision logs the exact probability of the action it took (its propensity).
 from __future__ import annotations
 
 import random
+import uuid
+from collections import OrderedDict, deque
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -17,9 +19,12 @@ from agentrt.config import BaselineConfig
 from agentrt.errors import PolicyError
 from agentrt.exploration import Strategy
 from agentrt.learning.features import FeatureEncoder
-from agentrt.types import RewardModel
+from agentrt.types import RewardModel, SequenceModel
 
 __all__ = ["BaselinePolicy", "Choice", "LearnedPolicy"]
+
+# Open episodes whose step history a sequence model keeps; the oldest is forgotten beyond.
+MAX_OPEN_EPISODES = 10_000
 
 
 class Choice(NamedTuple):
@@ -95,12 +100,40 @@ class LearnedPolicy:
         self.actions = actions
         self.exploration = exploration
         self._index = {action: i for i, action in enumerate(actions)}
+        self._sequence = isinstance(model, SequenceModel) and model.history > 1
+        # Per open episode, the encoded contexts of its latest decisions (sequence models).
+        self._histories: OrderedDict[uuid.UUID, deque[npt.NDArray[np.float32]]] = OrderedDict()
 
     def with_exploration(self, exploration: Strategy) -> LearnedPolicy:
-        """The same model with another exploration strategy."""
-        return LearnedPolicy(
+        """The same model (and open episode histories) with another exploration strategy."""
+        policy = LearnedPolicy(
             self.version, self.learner, self.model, self.encoder, self.actions, exploration
         )
+        policy._histories = self._histories
+        return policy
+
+    def end_episode(self, episode_id: uuid.UUID) -> None:
+        """Forget an episode's step history (called when the episode ends)."""
+        self._histories.pop(episode_id, None)
+
+    def _predict(
+        self, features: npt.NDArray[np.float32], episode_id: uuid.UUID | None
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64] | None]:
+        if not self._sequence:
+            return self.model.predict(features[None, :])
+        model = self.model
+        assert isinstance(model, SequenceModel)  # noqa: S101 (checked in __init__)
+        if episode_id is None:
+            return model.predict_sequence(features[None, None, :])
+        history = self._histories.get(episode_id)
+        if history is None:
+            history = self._histories[episode_id] = deque(maxlen=model.history)
+            if len(self._histories) > MAX_OPEN_EPISODES:
+                self._histories.popitem(last=False)
+        else:
+            self._histories.move_to_end(episode_id)
+        history.append(features)
+        return model.predict_sequence(np.stack(history)[None, :, :])
 
     def choose(
         self,
@@ -108,15 +141,19 @@ class LearnedPolicy:
         actions: tuple[str, ...],
         allowed: tuple[bool, ...] | None,
         rng: random.Random,
+        episode_id: uuid.UUID | None = None,
     ) -> Choice:
-        """Draw an action; raises :class:`PolicyError` when the policy cannot answer."""
+        """Draw an action; raises :class:`PolicyError` when the policy cannot answer.
+
+        ``episode_id`` lets a sequence model see the episode's earlier steps.
+        """
         unknown = [action for action in actions if action not in self._index]
         if unknown:
             raise PolicyError(
                 f"policy v{self.version} does not know action(s) {', '.join(unknown)}"
             )
         columns = [self._index[action] for action in actions]
-        means, stds = self.model.predict(self.encoder.encode(context)[None, :])
+        means, stds = self._predict(self.encoder.encode(context), episode_id)
         scores = means[0, columns]
         spread = None if stds is None else stds[0, columns]
         mask = None if allowed is None else np.array(allowed, dtype=bool)

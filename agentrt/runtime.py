@@ -333,7 +333,7 @@ class Runtime(AsyncContextManagerMixin):
                 )
         elif app_action is not None:
             raise InvalidInputError("app_action", app_action, "is only used in shadow mode")
-        choice = self._choose(agent_id, ctx, offered, allowed)
+        choice = self._choose(agent_id, ctx, offered, allowed, episode_id)
         policy_action: str | None = None
         if app_action is not None:
             index, propensity = offered.index(app_action), None
@@ -368,11 +368,12 @@ class Runtime(AsyncContextManagerMixin):
         context: dict[str, Any],
         offered: tuple[str, ...],
         allowed: tuple[bool, ...] | None,
+        episode_id: uuid.UUID | None = None,
     ) -> Choice:
         """The active policy's choice; on failure its predecessor's, then the baseline's."""
         for policy in self._policies.get(agent_id, ()):
             try:
-                return policy.choose(context, offered, allowed, self._rng)
+                return policy.choose(context, offered, allowed, self._rng, episode_id)
             except Exception as exc:  # any failure of a model must leave the decision served
                 self.fallbacks[agent_id] += 1
                 log.warning(
@@ -882,6 +883,8 @@ class Runtime(AsyncContextManagerMixin):
             status, error = "failed", f"{type(exc).__name__}: {exc}"[:2000]
             raise
         finally:
+            for policy in self._policies.get(agent_id, ()):
+                policy.end_episode(active.id)
             record = Episode(
                 id=active.id,
                 agent_id=agent_id,

@@ -100,6 +100,26 @@ class RewardModel(Protocol):
 
 
 @runtime_checkable
+class SequenceModel(RewardModel, Protocol):
+    """A reward model that reads the episode's step history, not only the current context.
+
+    Serving keeps, per open episode, the encoded contexts of its last ``history`` decisions
+    and calls ``predict_sequence`` with them (oldest first, the current step last); a decision
+    outside an episode is a history of one step. ``predict`` (used by validation on single
+    rows) is the one-step case.
+    """
+
+    history: int
+
+    def predict_sequence(
+        self, features: npt.NDArray[np.float32]
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64] | None]:
+        """Scores for the last step of each sequence: features (rows, steps, dim) to (rows,
+        actions)."""
+        ...
+
+
+@runtime_checkable
 class Learner(Protocol):
     """Trains a candidate policy from logged experience.
 

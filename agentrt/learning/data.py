@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -22,10 +22,13 @@ def usable_for_learning(row: Experience) -> bool:
 
 @dataclass(frozen=True)
 class BanditData:
-    """Logged bandit feedback: features, chosen action, reward, propensity (NaN if unknown).
+    """Logged feedback: features, chosen action, reward, propensity (NaN if unknown).
 
     Attributes:
         actions: the action set; ``action_index`` indexes into it.
+        episodes: per row a small integer naming its episode (-1: not part of one); rows of
+            one episode share the code. Episodic learners rebuild transitions from it.
+        steps: per row its step number within the episode (-1 when unknown).
     """
 
     actions: tuple[str, ...]
@@ -33,6 +36,16 @@ class BanditData:
     action_index: npt.NDArray[np.int64]
     rewards: npt.NDArray[np.float32]
     propensities: npt.NDArray[np.float32]
+    episodes: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+    steps: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def __post_init__(self) -> None:
+        # Bandit-only data (no episode information) gets "no episode" for every row.
+        n = len(self)
+        if self.episodes.shape[0] != n:
+            object.__setattr__(self, "episodes", np.full(n, -1, dtype=np.int64))
+        if self.steps.shape[0] != n:
+            object.__setattr__(self, "steps", np.full(n, -1, dtype=np.int64))
 
     def __len__(self) -> int:
         return int(self.rewards.shape[0])
@@ -44,6 +57,10 @@ class BanditData:
         """Usable rows whose action is in ``actions``, encoded with ``encoder``."""
         index = {action: i for i, action in enumerate(actions)}
         kept = [r for r in rows if usable_for_learning(r) and r.action in index]
+        codes: dict[object, int] = {}
+        episodes = [
+            -1 if r.episode_id is None else codes.setdefault(r.episode_id, len(codes)) for r in kept
+        ]
         return cls(
             actions=tuple(actions),
             features=encoder.encode_many([r.context for r in kept]),
@@ -53,6 +70,8 @@ class BanditData:
                 [math.nan if r.propensity is None else r.propensity for r in kept],
                 dtype=np.float32,
             ),
+            episodes=np.array(episodes, dtype=np.int64),
+            steps=np.array([-1 if r.step is None else r.step for r in kept], dtype=np.int64),
         )
 
     def subset(self, rows: npt.NDArray[np.int64]) -> BanditData:
@@ -62,6 +81,8 @@ class BanditData:
             self.action_index[rows],
             self.rewards[rows],
             self.propensities[rows],
+            self.episodes[rows],
+            self.steps[rows],
         )
 
     def split(self, holdout: float, seed: int) -> tuple[BanditData, BanditData]:
