@@ -303,6 +303,8 @@ class AgentConfig(_Section):
     rollout: RolloutConfig = RolloutConfig()
     reward: RewardConfig = RewardConfig()
     mode: Literal["live", "shadow"] = "live"
+    # Context key -> feature plugin that turns its value (e.g. text) into numbers.
+    features: dict[str, Name] = {}
     training: TrainingConfig = TrainingConfig()
     validation: ValidationConfig = ValidationConfig()
 

@@ -97,6 +97,8 @@ BUILTINS: tuple[tuple[PluginKind, str, str], ...] = (
     ("exploration", "thompson", "agentrt.exploration:plugins"),
     ("learner", "linear", "agentrt.learning.linear:plugin"),
     ("learner", "neural", "agentrt.learning.neural:plugin"),
+    ("learner", "dqn", "agentrt.learning.dqn:plugin"),
+    ("learner", "behavior_cloning", "agentrt.learning.behavior_cloning:plugin"),
     ("analyzer", "action_statistics", "agentrt.analysis:plugins"),
     ("analyzer", "exploration_health", "agentrt.analysis:plugins"),
     ("analyzer", "trend_analysis", "agentrt.analysis:plugins"),

@@ -26,7 +26,9 @@ __all__ = [
     "Validator",
 ]
 
-PluginKind = Literal["processor", "analyzer", "learner", "validator", "exploration", "rollout"]
+PluginKind = Literal[
+    "processor", "analyzer", "learner", "validator", "exploration", "rollout", "feature"
+]
 PLUGIN_KINDS: tuple[PluginKind, ...] = (
     "processor",
     "analyzer",
@@ -34,6 +36,7 @@ PLUGIN_KINDS: tuple[PluginKind, ...] = (
     "validator",
     "exploration",
     "rollout",
+    "feature",
 )
 
 

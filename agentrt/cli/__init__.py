@@ -9,10 +9,13 @@ from agentrt.cli import db as db_commands
 from agentrt.cli import demo as demo_commands
 from agentrt.cli import export as export_commands
 from agentrt.cli import init as init_commands
+from agentrt.cli import prune as prune_commands
+from agentrt.cli import report as report_commands
 from agentrt.cli import rollback as rollback_commands
 from agentrt.cli import sql as sql_commands
 from agentrt.cli import status as status_commands
 from agentrt.cli import versions as versions_commands
+from agentrt.cli import worker as worker_commands
 
 __all__ = ["app", "main"]
 
@@ -34,6 +37,9 @@ app.command("versions")(versions_commands.versions)
 app.command("sql", context_settings={"ignore_unknown_options": True})(sql_commands.sql)
 app.command("export")(export_commands.export)
 app.command("rollback")(rollback_commands.rollback)
+app.command("report")(report_commands.report)
+app.command("prune")(prune_commands.prune)
+app.command("worker")(worker_commands.worker)
 
 
 def main() -> None:
