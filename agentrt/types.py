@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from datetime import timedelta
+
     import numpy as np
     import numpy.typing as npt
     import torch
@@ -18,11 +20,14 @@ __all__ = [
     "Analyzer",
     "ExperienceBatch",
     "ExplorationStrategy",
+    "FeatureExtractor",
+    "IncrementalModel",
     "Learner",
     "PluginKind",
     "Processor",
     "RewardModel",
     "Rollout",
+    "SequenceModel",
     "Validator",
 ]
 
@@ -123,6 +128,23 @@ class SequenceModel(RewardModel, Protocol):
 
 
 @runtime_checkable
+class IncrementalModel(RewardModel, Protocol):
+    """A reward model that can learn from single rewards between training cycles.
+
+    ``update`` adds logged rows (encoded contexts, the action taken, its reward) to the model
+    in place; the runtime calls it in the event loop, in small batches, for the active version
+    of an agent with ``training.incremental`` (the next cycle's refit reconciles everything).
+    """
+
+    def update(
+        self,
+        features: npt.NDArray[np.float32],
+        action_index: npt.NDArray[np.int64],
+        rewards: npt.NDArray[np.float32],
+    ) -> None: ...
+
+
+@runtime_checkable
 class Learner(Protocol):
     """Trains a candidate policy from logged experience.
 
@@ -151,6 +173,39 @@ class Validator(Protocol):
 
 @runtime_checkable
 class Rollout(Protocol):
-    """Decides how a validated candidate becomes the active policy."""
+    """Decides how a validated candidate becomes the active policy.
+
+    A rollout plugin's factory takes the agent's ``RolloutConfig``. ``initial_status`` is the
+    status a validated candidate gets (``active`` or ``canary``); ``evaluate`` is called on
+    each check of the learning loop while a canary serves, with the live rewards of the
+    canary and of what it is compared with (the active version, or the baseline), the number
+    of this look and the canary's age, and returns an ``agentrt.pipeline.rollout.Verdict``.
+    """
 
     name: str
+
+    def initial_status(self) -> Literal["active", "canary"]: ...
+
+    def evaluate(self, canary: Any, reference: Any, look: int, age: timedelta) -> Any: ...
+
+
+@runtime_checkable
+class FeatureExtractor(Protocol):
+    """Turns the values of one context key into ``dim`` numbers (e.g. a text into its embedding).
+
+    A feature plugin's factory takes no arguments; ``agents.<id>.features`` maps a context key
+    to the plugin's name. ``transform`` gets a batch (training encodes many contexts at once,
+    serving one) of the key's values, never ``None``, and returns a ``(len(values), dim)``
+    ``float32`` matrix of numbers of order one, which the encoder uses as they are (non-finite
+    ones become 0). ``name`` is the name the plugin is registered under: a policy artifact
+    records it, with ``dim``, to rebuild its encoder. Training (in a worker thread) and
+    serving (in the event loop) may call ``transform`` at the same time.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    def transform(self, values: Sequence[object]) -> npt.NDArray[np.float32]: ...

@@ -8,7 +8,8 @@ import os
 import random
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,8 +18,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agentrt.config import AgentRTConfig, load_config
+from agentrt.errors import PolicyError
+from agentrt.exploration import EpsilonGreedy
 from agentrt.learning import features
-from agentrt.learning.features import FeatureEncoder, FeatureSpec
+from agentrt.learning.features import ExtractorRef, FeatureEncoder, FeatureSpec
+from agentrt.pipeline.updater import load_policy
+from agentrt.plugins import Plugin, PluginRegistry
+from agentrt.policy import LearnedPolicy
+from agentrt.runtime import Runtime
+from agentrt.storage import repositories
+from agentrt.types import FeatureExtractor
 
 Vector = npt.NDArray[np.float32]
 
@@ -403,8 +413,9 @@ def test_statistics_of_the_wrong_shape_are_refused(name: str, shape: tuple[int, 
 
     with pytest.raises(ValueError, match=rf"FeatureEncoder\.{name} must have shape \(64,\)"):
         FeatureEncoder.from_state(FeatureSpec(), bad)
+    arrays: dict[str, Any] = {name: np.zeros(shape)}
     with pytest.raises(ValueError, match=name):
-        FeatureEncoder(FeatureSpec(), **{name: np.zeros(shape)})
+        FeatureEncoder(FeatureSpec(), **arrays)
 
 
 def test_state_of_another_width_is_refused() -> None:
@@ -526,3 +537,295 @@ def test_fitting_extreme_finite_values_keeps_encodings_finite() -> None:
     assert np.all(np.isfinite(encoder.state()["m2"]))
     assert encoder.encode({"x": 1.7e308})[slot] == WIDE.clip
     assert encoder.encode({"x": -1.7e308})[slot] == -WIDE.clip
+
+
+# -- feature plugins --------------------------------------------------------------------
+
+
+class CharCounts:
+    """A deterministic feature plugin: a text's length, vowels and digits; counts its calls."""
+
+    name = "char_counts"
+    dim = 3
+
+    def __init__(self) -> None:
+        self.calls: list[list[object]] = []
+
+    def transform(self, values: Sequence[object]) -> Vector:
+        self.calls.append(list(values))
+        texts = [str(value) for value in values]
+        return np.array(
+            [
+                [len(t), sum(ch in "aeiou" for ch in t), sum(ch.isdigit() for ch in t)]
+                for t in texts
+            ],
+            dtype=np.float32,
+        ).reshape(len(texts), self.dim)
+
+
+class Broken:
+    """A feature plugin whose output has the wrong shape, or non-finite values."""
+
+    name = "broken"
+    dim = 2
+
+    def __init__(self, output: Vector) -> None:
+        self.output = output
+
+    def transform(self, values: Sequence[object]) -> Vector:
+        return np.repeat(self.output[None, :], len(values), axis=0)
+
+
+PLUGIN_SPEC = FeatureSpec(dim=WIDE.dim)
+
+
+def counts(text: str) -> list[float]:
+    return [float(x) for x in CharCounts().transform([text])[0]]
+
+
+def test_a_feature_plugin_is_a_feature_extractor() -> None:
+    assert isinstance(CharCounts(), FeatureExtractor)
+
+
+def test_a_plugin_key_fills_its_own_block_instead_of_being_hashed() -> None:
+    plugin = CharCounts()
+    encoder = FeatureEncoder(PLUGIN_SPEC, extractors={"query": plugin})
+
+    vector = encoder.encode({"query": "route 66 please", "region": "eu"})
+
+    assert encoder.spec.extractors == (ExtractorRef("query", "char_counts", 3),)
+    assert encoder.spec.width == WIDE.dim + 3
+    assert vector.shape == (WIDE.dim + 3,)
+    assert vector.dtype == np.float32
+    # The plugin's numbers as it returned them: not scaled, not clipped (clip is 5).
+    assert vector[WIDE.dim :].tolist() == counts("route 66 please") == [15.0, 6.0, 2.0]
+    # The hashed columns hold the other keys only.
+    assert np.array_equal(vector[: WIDE.dim], FeatureEncoder(WIDE).encode({"region": "eu"}))
+    assert plugin.calls == [["route 66 please"]]
+
+
+def test_a_context_without_the_key_leaves_the_block_at_zero() -> None:
+    plugin = CharCounts()
+    encoder = FeatureEncoder(PLUGIN_SPEC, extractors={"query": plugin})
+
+    assert not np.any(encoder.encode({"query": None})[WIDE.dim :])
+    assert not np.any(encoder.encode({"other": "text here"})[WIDE.dim :])
+    assert plugin.calls == []  # None is never handed to the plugin
+
+
+def test_encode_many_calls_each_plugin_once_with_every_present_value() -> None:
+    query, title = CharCounts(), CharCounts()
+    encoder = FeatureEncoder(PLUGIN_SPEC, extractors={"title": title, "query": query})
+    contexts: list[dict[str, Any]] = [
+        {"query": "a1", "title": "hello"},
+        {"x": 2.0},
+        {"query": "bb22 cc", "title": None},
+    ]
+
+    matrix = encoder.encode_many(contexts)
+
+    assert matrix.shape == (3, WIDE.dim + 6)
+    assert query.calls == [["a1", "bb22 cc"]]
+    assert title.calls == [["hello"]]
+    # Blocks follow the hashed columns in key order: query, then title.
+    assert [ref.key for ref in encoder.spec.extractors] == ["query", "title"]
+    assert matrix[0, WIDE.dim : WIDE.dim + 3].tolist() == counts("a1")
+    assert matrix[0, WIDE.dim + 3 :].tolist() == counts("hello")
+    assert not np.any(matrix[1, WIDE.dim :])
+    assert not np.any(matrix[2, WIDE.dim + 3 :])
+    assert np.array_equal(matrix, np.stack([encoder.encode(c) for c in contexts]))
+
+
+def test_plugin_outputs_are_used_as_they_are_even_after_fitting() -> None:
+    rng = random.Random(4)
+    texts = ["".join(rng.choice("ab1 ") for _ in range(rng.randint(1, 30))) for _ in range(50)]
+    contexts = [{"q": text, "n": float(i)} for i, text in enumerate(texts)]
+    plugin = CharCounts()
+    encoder = FeatureEncoder(FeatureSpec(dim=8), extractors={"q": plugin})
+
+    encoder.fit(contexts)
+    block = encoder.encode_many(contexts)[:, 8:]
+
+    assert plugin.calls == [texts]  # only by encode_many: fitting needs no plugin output
+    assert block.tolist() == [counts(text) for text in texts]
+    assert encoder.count.sum() == 50  # the number, not the plugin key
+    assert encoder.state()["count"].shape == (8,)
+
+
+def test_non_finite_plugin_outputs_become_zero() -> None:
+    plugin = Broken(np.array([math.nan, math.inf], dtype=np.float32))
+    encoder = FeatureEncoder(FeatureSpec(dim=4), extractors={"q": plugin})
+
+    assert not np.any(encoder.encode({"q": "a"}))
+    huge = Broken(np.array([1e300, -2.5]))  # float64 beyond float32's range
+    encoder = FeatureEncoder(FeatureSpec(dim=4), extractors={"q": huge})
+    assert encoder.encode({"q": "a"})[4:].tolist() == [0.0, -2.5]
+
+
+def test_a_plugin_output_of_the_wrong_shape_is_an_error() -> None:
+    plugin = Broken(np.zeros(5, dtype=np.float32))  # says dim 2, returns 5 columns
+    encoder = FeatureEncoder(PLUGIN_SPEC, extractors={"q": plugin})
+
+    with pytest.raises(ValueError, match=r"'broken' returned shape \(1, 5\) .* expected \(1, 2\)"):
+        encoder.encode({"q": "a"})
+
+
+def test_plugin_state_round_trip_gives_identical_encodings() -> None:
+    rng = random.Random(8)
+    contexts = [
+        {"q": "".join(rng.choice("ae1x ") for _ in range(rng.randint(0, 20))), "x": rng.random()}
+        for _ in range(100)
+    ]
+    encoder = FeatureEncoder(FeatureSpec(dim=32), extractors={"q": CharCounts()}).fit(contexts)
+
+    data = json.loads(json.dumps(encoder.spec.to_dict()))
+    restored = FeatureEncoder.from_state(
+        FeatureSpec.from_dict(data), encoder.state(), {"q": CharCounts()}
+    )
+
+    assert data["extractors"] == {"q": {"name": "char_counts", "dim": 3}}
+    assert restored.spec == encoder.spec
+    assert all(array.shape == (32,) for array in encoder.state().values())
+    assert np.array_equal(restored.encode_many(contexts), encoder.encode_many(contexts))
+
+
+def test_a_spec_without_plugins_has_no_extractors_entry() -> None:
+    assert "extractors" not in FeatureSpec().to_dict()
+    assert FeatureSpec.from_dict(FeatureSpec().to_dict()).extractors == ()
+
+
+def test_a_stored_spec_needs_the_same_plugins_again() -> None:
+    encoder = FeatureEncoder(FeatureSpec(dim=8), extractors={"q": CharCounts()})
+    spec, state = encoder.spec, encoder.state()
+
+    with pytest.raises(ValueError, match=r"context keys \['q'\], but plugins were given for \[\]"):
+        FeatureEncoder.from_state(spec, state)
+    with pytest.raises(ValueError, match=r"\['q'\], but plugins were given for \['other'\]"):
+        FeatureEncoder.from_state(spec, state, {"other": CharCounts()})
+    with pytest.raises(
+        ValueError, match="'char_counts' with 3 columns; the plugin given is 'broken'"
+    ):
+        FeatureEncoder.from_state(spec, state, {"q": Broken(np.zeros(2, dtype=np.float32))})
+    wider = CharCounts()
+    wider.dim = 4
+    with pytest.raises(
+        ValueError, match="with 3 columns; the plugin given is 'char_counts' with 4"
+    ):
+        FeatureEncoder.from_state(spec, state, {"q": wider})
+
+
+def test_a_plugin_must_have_a_positive_dim() -> None:
+    empty = CharCounts()
+    empty.dim = 0
+    with pytest.raises(ValueError, match="'char_counts' for key 'q': dim must be > 0"):
+        FeatureEncoder(extractors={"q": empty})
+
+
+# -- feature plugins end to end: trained, stored, reloaded --------------------------------
+
+ACTIONS = ("short", "long")
+
+
+def plugin_config(url: str, tmp_path: Path) -> AgentRTConfig:
+    return load_config(
+        {
+            "database": {"url": url},
+            "runtime": {"seed": 3, "device": "cpu", "spill_dir": str(tmp_path / "spill")},
+            "agents": {
+                "router": {
+                    "actions": list(ACTIONS),
+                    "learner": "linear",
+                    "features": {"query": "char_counts"},
+                }
+            },
+        }
+    )
+
+
+def plugin_registry(factory: Callable[[], object] = CharCounts) -> PluginRegistry:
+    registry = PluginRegistry()
+    registry.register(Plugin("feature", "char_counts", factory))
+    return registry
+
+
+async def play_lengths(rt: Runtime, rounds: int, rng: random.Random) -> float:
+    """Queries of random words; ``long`` pays for queries over 40 characters, ``short`` for
+    the others. Word hashing cannot see the length; the plugin can."""
+    total = 0.0
+    for _ in range(rounds):
+        words = [
+            "".join(rng.choice("bcdfg") for _ in range(rng.randint(2, 6)))
+            for _ in range(rng.randint(1, 14))
+        ]
+        query = " ".join(words)
+        decision = await rt.decide("router", {"query": query})
+        best = "long" if len(query) > 40 else "short"
+        reward = float(decision.action == best)
+        total += reward
+        await rt.reward(decision, reward)
+    return total / rounds
+
+
+async def test_a_policy_with_a_feature_plugin_learns_and_reloads_with_it(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    config = plugin_config(sqlite_url, tmp_path)
+    rng = random.Random(5)
+    async with Runtime(config, registry=plugin_registry()) as rt:
+        baseline = await play_lengths(rt, 300, rng)
+        cycle = (await rt.run_cycle("router"))["router"]
+        assert cycle.status == "activated", cycle.reason
+        learned = await play_lengths(rt, 200, rng)
+        async with rt.database.session() as session:
+            row = await repositories.load_policy_version(session, "router", 1)
+    assert learned > baseline + 0.25, (baseline, learned)
+    assert row is not None
+
+    policy = load_policy(row, plugin_registry(), EpsilonGreedy())
+
+    assert isinstance(policy.encoder.extractors["query"], CharCounts)
+    assert policy.encoder.spec.extractors == (ExtractorRef("query", "char_counts", 3),)
+    assert policy.encoder.spec.width == config.agents["router"].training.feature_dim + 3
+    assert policy.encoder.count.sum() == 0  # the query was never hashed
+    short, long = {"query": "ab cd"}, {"query": " ".join(["bcdfg"] * 10)}
+    assert favourite_action(policy, short) == "short"
+    assert favourite_action(policy, long) == "long"
+
+    async with Runtime(config, registry=plugin_registry()) as restarted:
+        assert restarted.active_version("router") == 1
+        decision = await restarted.decide("router", long)
+        assert decision.policy_version == 1
+
+
+def favourite_action(policy: LearnedPolicy, context: dict[str, Any]) -> str:
+    means, _ = policy.model.predict(policy.encoder.encode(context)[None, :])
+    return policy.actions[int(np.argmax(means[0]))]
+
+
+async def test_a_policy_whose_feature_plugin_is_missing_or_changed_is_refused(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    config = plugin_config(sqlite_url, tmp_path)
+    async with Runtime(config, registry=plugin_registry()) as rt:
+        await play_lengths(rt, 60, random.Random(6))
+        assert (await rt.run_cycle("router"))["router"].status == "activated"
+        async with rt.database.session() as session:
+            row = await repositories.load_policy_version(session, "router", 1)
+    assert row is not None
+
+    with pytest.raises(
+        PolicyError, match="'query' with the feature plugin 'char_counts', which is"
+    ):
+        load_policy(row, PluginRegistry(), EpsilonGreedy())
+
+    def wider() -> CharCounts:
+        plugin = CharCounts()
+        plugin.dim = 5
+        return plugin
+
+    with pytest.raises(PolicyError, match=r"cannot rebuild its feature encoder: .* with 5"):
+        load_policy(row, plugin_registry(wider), EpsilonGreedy())
+
+    async with Runtime(config, registry=PluginRegistry()) as restarted:
+        assert restarted.active_version("router") is None  # refused: the baseline serves
+        assert (await restarted.decide("router", {"query": "a b"})).policy_version is None
