@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, ParamSpec, TypeVar
 
@@ -16,7 +17,15 @@ from agentrt.config import AgentRTConfig, load_config
 from agentrt.errors import AgentRTError, ConfigError
 from agentrt.log import configure_logging
 
-__all__ = ["ConfigOption", "console", "err_console", "fail", "handle_errors", "load"]
+__all__ = [
+    "ConfigOption",
+    "console",
+    "err_console",
+    "fail",
+    "handle_errors",
+    "load",
+    "parse_time",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -70,3 +79,15 @@ def load(path: Path, *, logging: bool = True) -> AgentRTConfig:
     if logging:
         configure_logging(config.logging.level, config.logging.format)
     return config
+
+
+def parse_time(value: str | None, option: str) -> datetime | None:
+    """An ISO 8601 option value as an aware UTC time (naive means UTC); None stays None."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        message = f"{option}: must be an ISO 8601 time such as 2030-01-31 or 2030-01-31T12:00Z"
+        raise fail(f"{message} (got {value!r})", code=2) from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import IO, Annotated, Any, Literal, Protocol
+from typing import IO, Annotated, Literal, Protocol
 
 import anyio
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from sqlalchemy import JSON, Float, Integer, Text, cast, func, select
+from sqlalchemy import JSON, Text, cast, func, select
 from sqlalchemy.engine import RowMapping
 
 from agentrt.cli.common import (
@@ -28,19 +28,21 @@ from agentrt.cli.common import (
     fail,
     handle_errors,
     load,
+    parse_time,
 )
 from agentrt.cli.inspection import existing_database
 from agentrt.errors import AgentRTError
+from agentrt.pipeline.retention import EXPERIENCE_COLUMNS, arrow_columns, arrow_schema
 from agentrt.storage import migrate
 from agentrt.storage.engine import Database
-from agentrt.storage.tables import DecisionRow, UTCDateTime, experience_view
+from agentrt.storage.tables import DecisionRow, experience_view
 
 __all__ = ["CHUNK_ROWS", "export"]
 
 CHUNK_ROWS = 10_000
 Format = Literal["parquet", "csv"]
 _SUFFIXES: dict[str, Format] = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
-COLUMNS = [column.name for column in experience_view.columns]
+COLUMNS = list(EXPERIENCE_COLUMNS)
 _JSON_COLUMNS = {column.name for column in experience_view.columns if isinstance(column.type, JSON)}
 
 
@@ -77,7 +79,7 @@ def export(
 
     Example: agentrt export --agent router --since 2030-01-01 --format parquet --out router.parquet
     """
-    start, end = _when(since, "--since"), _when(until, "--until")
+    start, end = parse_time(since, "--since"), parse_time(until, "--until")
     if start is not None and end is not None and start >= end:
         raise fail(f"--since ({since}) must be before --until ({until})", code=2)
     kind = output or _SUFFIXES.get(out.suffix.lower())
@@ -113,17 +115,6 @@ def export(
         soft_wrap=True,
         markup=False,
     )
-
-
-def _when(value: str | None, option: str) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        message = f"{option}: must be an ISO 8601 time such as 2030-01-31 or 2030-01-31T12:00Z"
-        raise fail(f"{message} (got {value!r})", code=2) from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 async def _stream(
@@ -200,30 +191,12 @@ class _ParquetSink:
                 "Parquet export needs pyarrow: pip install 'agentrt[parquet]' (or use --format csv)"
             ) from None
         self._table = pa.Table
-        self._schema = pa.schema(
-            [(column.name, _arrow_type(pa, column.type)) for column in experience_view.columns]
-        )
+        self._schema = arrow_schema()
         self._writer = pq.ParquetWriter(str(path), self._schema)
 
     def write(self, rows: Sequence[RowMapping]) -> None:
-        columns = {name: [_parquet_value(row[name]) for row in rows] for name in COLUMNS}
-        self._writer.write_table(self._table.from_pydict(columns, schema=self._schema))
+        table = self._table.from_pydict(arrow_columns(rows), schema=self._schema)
+        self._writer.write_table(table)
 
     def close(self) -> None:
         self._writer.close()
-
-
-def _arrow_type(pa: Any, column_type: object) -> Any:
-    if isinstance(column_type, UTCDateTime):
-        return pa.timestamp("us", tz="UTC")
-    if isinstance(column_type, Integer):
-        return pa.int64()
-    if isinstance(column_type, Float):
-        return pa.float64()
-    return pa.string()  # ids, names, and JSON documents as JSON text
-
-
-def _parquet_value(value: object) -> object:
-    if value is None or isinstance(value, int | float | str | datetime):
-        return value
-    return str(value)  # UUIDs
