@@ -25,11 +25,11 @@ from sklearn.datasets import (  # type: ignore[import-untyped]
 
 from agentrt.config import ModelParametersConfig, TrainingConfig
 from agentrt.errors import ArtifactIntegrityError, PolicyError
-from agentrt.exploration import EpsilonGreedy
+from agentrt.exploration import EpsilonGreedy, UpperConfidenceBound
 from agentrt.learning.artifacts import sha256
 from agentrt.learning.data import BanditData
 from agentrt.learning.features import FeatureEncoder, FeatureSpec
-from agentrt.learning.linear import LinearLearner, LinearModel
+from agentrt.learning.linear import PRIOR_ROWS, LinearLearner, LinearModel
 from agentrt.learning.neural import NeuralLearner, NeuralModel
 from agentrt.learning.settings import LearnerSettings
 from agentrt.pipeline.updater import Trained, _artifact, load_policy
@@ -168,9 +168,27 @@ def test_linear_model_is_the_per_action_ridge_solution() -> None:
         theta = np.linalg.solve(gram, x[rows].T @ task.train.rewards[rows].astype(np.float64))
         assert model.theta[action].numpy() == pytest.approx(theta, abs=1e-9)
         assert model.a_inv[action].numpy() == pytest.approx(np.linalg.inv(gram), abs=1e-9)
+        residuals = task.train.rewards[rows] - x[rows] @ theta
+        penalised = float(residuals @ residuals + ridge * theta @ theta)
+        assert float(model.sse[action]) == pytest.approx(penalised, abs=1e-9)
+        assert float(model.rows[action]) == rows.sum()
     means, stds = model.predict(task.test_features)
     assert means.shape == stds.shape == (len(task.test_labels), task.classes)
     assert np.all(stds > 0)
+
+
+def test_linear_uncertainty_is_scaled_by_the_residual_noise() -> None:
+    task = bandit_task("iris")
+    model, metrics = LinearLearner(LearnerSettings()).fit(task.train)
+    noise = (model.sse.numpy() + PRIOR_ROWS) / (model.rows.numpy() + PRIOR_ROWS)
+    assert metrics["noise_per_action"] == pytest.approx(list(noise), abs=1e-6)
+    # 0/1 rewards: the residual variance is well below the unit noise LinUCB assumes.
+    assert np.all(noise < 0.3)
+    unit = LinearModel(model.theta, model.a_inv)
+    assert np.array_equal(unit.noise(), np.ones(task.classes))
+    _, stds = model.predict(task.test_features)
+    _, unit_stds = unit.predict(task.test_features)
+    np.testing.assert_allclose(stds, unit_stds * np.sqrt(noise), rtol=1e-12)
 
 
 def test_linear_uncertainty_shrinks_with_more_data() -> None:
@@ -180,6 +198,54 @@ def test_linear_uncertainty_shrinks_with_more_data() -> None:
     _, std_few = few.predict(task.test_features)
     _, std_many = many.predict(task.test_features)
     assert float(std_many.mean()) < float(std_few.mean())
+
+
+def test_linear_rank_one_updates_equal_the_closed_form_fit() -> None:
+    task = bandit_task("wine")
+    settings = LearnerSettings(training=TrainingConfig(ridge=2.0))
+    whole, _ = LinearLearner(settings).fit(task.train)
+    half = len(task.train) // 2
+    model, _ = LinearLearner(settings).fit(task.train.subset(np.arange(half)))
+    rest = task.train.subset(np.arange(half, len(task.train)))
+    model.update(rest.features, rest.action_index, rest.rewards)
+    for name, tensor in whole.tensors().items():
+        np.testing.assert_allclose(model.tensors()[name].numpy(), tensor.numpy(), atol=1e-9)
+    means, stds = model.predict(task.test_features)
+    whole_means, whole_stds = whole.predict(task.test_features)
+    np.testing.assert_allclose(means, whole_means, atol=1e-9)
+    np.testing.assert_allclose(stds, whole_stds, atol=1e-9)
+
+
+def test_linear_updates_from_the_empty_model_beat_uniform_random() -> None:
+    # The per-reward path: start from the prior, explore by UCB, learn after every round.
+    for dataset in LOADERS:
+        features, labels = LOADERS[dataset](return_X_y=True)
+        order = np.random.default_rng(0).permutation(len(labels))
+        std = features.std(axis=0)
+        scaled = ((features - features.mean(axis=0)) / np.where(std > 0, std, 1.0))[order]
+        scaled = scaled.astype(np.float32)
+        k = int(labels.max()) + 1
+        model = LinearModel.prior(k, features.shape[1], ridge=10.0)
+        strategy = UpperConfidenceBound(confidence=0.5)
+        rng = np.random.default_rng(0)
+        total = 0.0
+        for x, label in zip(scaled, labels[order], strict=True):
+            means, stds = model.predict(x[None, :])
+            action = int(rng.choice(k, p=strategy.probabilities(means[0], None, stds[0])))
+            reward = float(action == label)
+            model.update(x[None, :], np.array([action]), np.array([reward], dtype=np.float32))
+            total += reward
+        assert total / len(labels) >= 1 / k + 0.4, (dataset, total / len(labels))
+
+
+def test_a_linear_artifact_without_noise_statistics_loads_with_unit_noise() -> None:
+    task = bandit_task("iris")
+    model, _ = LinearLearner(LearnerSettings()).fit(task.train)
+    older = LinearLearner.load({"theta": model.theta, "a_inv": model.a_inv}, model.describe())
+    assert np.array_equal(older.noise(), np.ones(task.classes))
+    assert np.array_equal(
+        older.predict(task.test_features)[0], model.predict(task.test_features)[0]
+    )
 
 
 # -- reproducibility -----------------------------------------------------------------------
