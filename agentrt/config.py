@@ -197,6 +197,10 @@ class RuntimeConfig(_Section):
     auto_migrate: bool | None = None
     shutdown_timeout: PositiveDuration = timedelta(seconds=10)
     policy_refresh_interval: PositiveDuration = timedelta(seconds=1)
+    # How often the learning loop checks each agent's triggers (embedded or `agentrt worker`).
+    trigger_check_interval: PositiveDuration = timedelta(seconds=1)
+    # How often the loop applies experience_configuration.retention.
+    retention_interval: PositiveDuration = timedelta(hours=1)
     max_context_bytes: PositiveInt = 65_536
     spill_dir: str | None = None
 
@@ -254,6 +258,29 @@ class RolloutConfig(_Section):
     confidence: OpenFraction = 0.95
 
 
+class TriggerConfig(_Section):
+    """When the learning loop runs a cycle for the agent: after ``rewards`` new rewarded
+    decisions (default ``experience_configuration.collection.batch_size``), or once
+    ``interval`` has passed with at least one (default: ``collection.frequency`` when it is a
+    duration). A failed cycle is retried after ``backoff``, doubling up to ``max_backoff``."""
+
+    rewards: PositiveInt | None = None
+    interval: PositiveDuration | None = None
+    backoff: PositiveDuration = timedelta(seconds=5)
+    max_backoff: PositiveDuration = timedelta(minutes=10)
+
+
+class ShadowConfig(_Section):
+    """When an agent in shadow mode may switch to live: its policy's off-policy estimate on
+    the shadow decisions must beat the application's own logic by ``margin`` (at
+    ``confidence``) over at least ``min_rows`` rewarded shadow decisions."""
+
+    margin: Annotated[float, Field(ge=0), AfterValidator(_finite)] = 0.02
+    confidence: OpenFraction = 0.9
+    min_rows: PositiveInt = 200
+    switch: bool = True
+
+
 class RewardConfig(_Section):
     """How feedback becomes one reward per decision."""
 
@@ -278,6 +305,8 @@ class TrainingConfig(_Section):
     importance_clip: Annotated[float, Field(ge=1), AfterValidator(_finite)] = 20.0
     ridge: PositiveFloat = 1.0
     feature_dim: PositiveInt = 64
+    # Models that support it (``linear``) also learn from each reward between cycles.
+    incremental: bool = True
 
 
 class ValidationConfig(_Section):
@@ -303,6 +332,8 @@ class AgentConfig(_Section):
     rollout: RolloutConfig = RolloutConfig()
     reward: RewardConfig = RewardConfig()
     mode: Literal["live", "shadow"] = "live"
+    shadow: ShadowConfig = ShadowConfig()
+    trigger: TriggerConfig = TriggerConfig()
     # Context key -> feature plugin that turns its value (e.g. text) into numbers.
     features: dict[str, Name] = {}
     training: TrainingConfig = TrainingConfig()
@@ -367,7 +398,7 @@ class ModelParametersConfig(_Section):
     target_sync: PositiveInt = 100
     conservative_weight: Annotated[float, Field(ge=0), AfterValidator(_finite)] = 1.0
     history: PositiveInt = 8
-    top_quantile: OpenFraction = 0.5
+    top_quantile: Annotated[float, _between(0.0, 1.0, low_open=True)] = 0.5
     advantage_weighted: bool = False
     advantage_temperature: PositiveFloat = 1.0
 
@@ -572,6 +603,14 @@ class AgentRTConfig(_Section):
     experience_configuration: ExperienceConfiguration = ExperienceConfiguration()
     performance_metrics: PerformanceMetricsConfig = PerformanceMetricsConfig()
     optimization_parameters: OptimizationParametersConfig = OptimizationParametersConfig()
+
+    def trigger_for(self, agent_id: str) -> tuple[int, timedelta | None]:
+        """The agent's cycle trigger: (new rewarded decisions, interval or None)."""
+        trigger = self.agents[agent_id].trigger
+        collection = self.experience_configuration.collection
+        rewards = trigger.rewards if trigger.rewards is not None else collection.batch_size
+        interval = trigger.interval if trigger.interval is not None else collection.frequency
+        return rewards, interval
 
     def exploration_for(self, agent_id: str) -> ExplorationConfig:
         """The agent's exploration block, or the one derived from ``optimization_parameters``."""

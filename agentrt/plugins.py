@@ -1,4 +1,5 @@
-"""The plugin registry: processors, analyzers, learners, validators, exploration, rollouts.
+"""The plugin registry: processors, analyzers, learners, validators, exploration, rollouts,
+feature extractors.
 
 A plugin is a :class:`Plugin` record naming its kind, its name and a factory. agentrt's own
 plugins are declared exactly as third-party ones are, by ``module:attr`` reference, and are
@@ -32,11 +33,14 @@ from agentrt.types import (
     Analyzer,
     ExperienceBatch,
     ExplorationStrategy,
+    FeatureExtractor,
+    IncrementalModel,
     Learner,
     PluginKind,
     Processor,
     RewardModel,
     Rollout,
+    SequenceModel,
     Validator,
 )
 
@@ -46,6 +50,8 @@ __all__ = [
     "Analyzer",
     "ExperienceBatch",
     "ExplorationStrategy",
+    "FeatureExtractor",
+    "IncrementalModel",
     "Learner",
     "Plugin",
     "PluginKind",
@@ -53,6 +59,7 @@ __all__ = [
     "Processor",
     "RewardModel",
     "Rollout",
+    "SequenceModel",
     "Validator",
 ]
 
@@ -65,7 +72,7 @@ class Plugin:
 
     Attributes:
         kind: what the plugin is (``processor``, ``analyzer``, ``learner``, ``validator``,
-            ``exploration`` or ``rollout``).
+            ``exploration``, ``rollout`` or ``feature``).
         name: the name the configuration uses.
         factory: builds the plugin object (usually a class).
         description: one line for listings.
@@ -109,6 +116,8 @@ BUILTINS: tuple[tuple[PluginKind, str, str], ...] = (
     ("validator", "ope", "agentrt.validation:plugins"),
     ("validator", "latency", "agentrt.validation:plugins"),
     ("validator", "thresholds", "agentrt.validation:plugins"),
+    ("rollout", "direct", "agentrt.pipeline.rollout:plugins"),
+    ("rollout", "canary", "agentrt.pipeline.rollout:plugins"),
 )
 
 

@@ -14,14 +14,17 @@ import inspect
 import math
 import os
 import random
+import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
 import anyio
+import numpy as np
 from anyio import AsyncContextManagerMixin
 
 from agentrt.clock import utcnow
@@ -48,7 +51,7 @@ from agentrt.inputs import (
     check_reward,
 )
 from agentrt.log import get_logger
-from agentrt.pipeline.adapter import StrategyAdapter, roll_back
+from agentrt.pipeline.adapter import StrategyAdapter, live_rewards, roll_back
 from agentrt.pipeline.adapter import describe as describe_strategy
 from agentrt.pipeline.collector import (
     CollectorStats,
@@ -57,6 +60,7 @@ from agentrt.pipeline.collector import (
     default_spill_dir,
     process_owner,
 )
+from agentrt.pipeline.coordination import agent_lock, listen_for_policy_changes
 from agentrt.pipeline.extractor import KnowledgeExtractor
 from agentrt.pipeline.spill import ExperienceRecord, SpillDirectory
 from agentrt.plugins import PluginRegistry
@@ -68,16 +72,19 @@ from agentrt.schemas import (
     DecisionMode,
     Episode,
     Feedback,
+    PolicyVersion,
     StrategyUpdate,
 )
 from agentrt.storage import bulk, repositories
 from agentrt.storage.engine import Database
 from agentrt.storage.migrate import ensure_schema
-from agentrt.types import Processor
+from agentrt.types import IncrementalModel, Processor, Rollout
 from agentrt.validation import ValidationContext, run_validators
 
 if TYPE_CHECKING:
     # torch is imported only once a runtime learns or serves a learned policy.
+    from agentrt.pipeline.loop import LearningLoop
+    from agentrt.pipeline.rollout import Verdict
     from agentrt.pipeline.updater import ModelUpdater, Trained
 
 __all__ = ["Runtime"]
@@ -88,6 +95,10 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _MODES = ("live", "shadow", "deferred")
+# Rewards an incremental model may still owe itself between two updates (oldest dropped).
+_ONLINE_BACKLOG = 100_000
+# Which process ran a cycle (recorded with it; several workers may share a database).
+_PROCESS = f"{socket.gethostname()}:{os.getpid()}"
 # Default rewards get deterministic ids, so two processes sweeping the same window agree.
 _DEFAULT_REWARD_NAMESPACE = uuid.UUID("6f1d8c1e-5b7a-4f43-9d59-5a0c2b7e9a11")
 
@@ -138,6 +149,23 @@ class Runtime(AsyncContextManagerMixin):
             for agent_id in config.agents
         }
         self._cycles: dict[str, int] = dict.fromkeys(config.agents, 0)
+        self._cycle_locks = {agent_id: anyio.Lock() for agent_id in config.agents}
+        # Per agent the canary serving a fraction of decisions, since when, and its looks.
+        self._canaries: dict[str, LearnedPolicy] = {}
+        self._canary_started: dict[str, datetime] = {}
+        self._canary_looks: dict[str, int] = {}
+        self._refresh_now = anyio.Event()
+        self._loop: LearningLoop | None = None
+        # Per agent the (learning rate, momentum) of its next training run, once adapted.
+        self._optimizer: dict[str, tuple[float, float]] = {}
+        # Per agent, rewards waiting to update an incremental active model (between cycles).
+        self._online: dict[str, deque[tuple[dict[str, Any], str, float]]] = {
+            agent_id: deque(maxlen=_ONLINE_BACKLOG)
+            for agent_id, agent in config.agents.items()
+            if agent.training.incremental
+        }
+        # Shadow agents that switched to live (see `agents.<id>.shadow`).
+        self._modes: dict[str, Literal["live", "shadow"]] = {}
         self.fallbacks: dict[str, int] = dict.fromkeys(config.agents, 0)
         self._fallbacks_recorded: dict[str, int] = dict.fromkeys(config.agents, 0)
 
@@ -173,23 +201,49 @@ class Runtime(AsyncContextManagerMixin):
                 finally:
                     stopped.set()
 
+            # The periodic stages, each with an event set when it has returned.
+            stages: list[tuple[Callable[[], Coroutine[Any, Any, None]], anyio.Event]] = []
+
+            def stage(run: Callable[[], Coroutine[Any, Any, None]]) -> None:
+                done = anyio.Event()
+
+                async def tracked() -> None:
+                    try:
+                        await run()
+                    finally:
+                        done.set()
+
+                stages.append((tracked, done))
+
+            if any(a.reward.wait_window for a in self.config.agents.values()):
+                stage(self._sweep_forever)
+            stage(self._refresh_forever)
+            if self._online:
+                stage(self._learn_online_forever)
+            if db.dialect == "postgresql":
+                stage(self._listen_forever)
+            if self.config.runtime.pipeline == "embedded":
+                stage(self.run_learning_loop)
+
             async with anyio.create_task_group() as tg:
                 await tg.start(run_collector)
-                if any(a.reward.wait_window for a in self.config.agents.values()):
-                    tg.start_soon(self._sweep_forever)
-                tg.start_soon(self._refresh_forever)
+                for run, _ in stages:
+                    tg.start_soon(run)
                 log.info("runtime_started", database=db.masked_url, agents=list(self.config.agents))
                 try:
                     yield self
                 finally:
-                    # The periodic stages finish what they are doing and stop at their next
-                    # wait: cancelling them inside a database call would leave its cleanup
-                    # running past the end of the task group.
-                    self._stopping.set()
+                    # The periodic stages finish what they are doing (a learning cycle in
+                    # progress stores its candidate or nothing) and stop at their next wait:
+                    # cancelling them inside a database call would leave its cleanup running
+                    # past the end of the task group.
+                    self.stop()
                     collector.close()
                     deadline = self.config.runtime.shutdown_timeout.total_seconds()
                     with anyio.move_on_after(deadline, shield=True) as scope:
                         await stopped.wait()
+                        for _, done in stages:
+                            await done.wait()
                     if scope.cancelled_caught:
                         log.error(
                             "shutdown_deadline_exceeded",
@@ -207,6 +261,7 @@ class Runtime(AsyncContextManagerMixin):
             self._extractor = None
             self._adapter = None
             self._limiter = None
+            self._loop = None
             with anyio.CancelScope(shield=True):
                 await db.dispose()
 
@@ -248,8 +303,44 @@ class Runtime(AsyncContextManagerMixin):
         return self.collector.stats
 
     async def flush(self) -> None:
-        """Return once every record accepted before this call is committed (or spilled)."""
+        """Return once every record accepted before this call is committed (or spilled), and
+        incremental models have learned from every reward reported before it."""
         await self.collector.flush()
+        self._learn_online()
+
+    def _learn_online(self) -> int:
+        """Update each agent's incremental active model with the rewards reported since the
+        last call (in the event loop: the model is not read elsewhere meanwhile). Skipped for
+        an agent whose cycle is running; the next call catches up."""
+        learned = 0
+        for agent_id, pending in self._online.items():
+            if not pending or self._cycle_locks[agent_id].locked():
+                continue
+            rows = list(pending)
+            pending.clear()
+            policies = self._policies.get(agent_id)
+            model = policies[0].model if policies else None
+            if policies is None or not isinstance(model, IncrementalModel):
+                continue
+            policy = policies[0]
+            index = {action: i for i, action in enumerate(policy.actions)}
+            kept = [row for row in rows if row[1] in index]
+            if not kept:
+                continue
+            features = policy.encoder.encode_many([context for context, _, _ in kept])
+            actions = np.array([index[action] for _, action, _ in kept], dtype=np.int64)
+            rewards = np.array([reward for _, _, reward in kept], dtype=np.float32)
+            model.update(features, actions, rewards)
+            learned += len(kept)
+        return learned
+
+    async def _learn_online_forever(self) -> None:
+        interval = self.config.runtime.flush_interval.total_seconds()
+        while await self.pause(interval):
+            try:
+                self._learn_online()
+            except Exception as exc:  # the stage supervisor: log, keep serving
+                log.error("stage_failed", stage="online_learning", error=repr(exc))
 
     async def _submit(self, *records: ExperienceRecord) -> None:
         collector = self.collector
@@ -315,9 +406,13 @@ class Runtime(AsyncContextManagerMixin):
         )
         allowed = check_mask(mask, offered)
         ctx = check_context(context, self._max_bytes)
-        chosen_mode: DecisionMode = agent.mode if mode is None else mode
+        chosen_mode: DecisionMode = self._modes.get(agent_id, agent.mode) if mode is None else mode
         if chosen_mode not in _MODES:
             raise InvalidInputError("mode", mode, "must be live, shadow or deferred")
+        if chosen_mode == "live" and mode is None and agent.mode == "shadow":
+            # A shadow agent that switched to live: the application's choice is no longer
+            # executed (it executes `decision.action`), so it is not logged either.
+            app_action = None
         _check_step(episode_id, step)
         # Every argument is checked before the policy runs: a bad call costs no inference.
         if chosen_mode == "shadow":
@@ -370,8 +465,18 @@ class Runtime(AsyncContextManagerMixin):
         allowed: tuple[bool, ...] | None,
         episode_id: uuid.UUID | None = None,
     ) -> Choice:
-        """The active policy's choice; on failure its predecessor's, then the baseline's."""
-        for policy in self._policies.get(agent_id, ()):
+        """The active policy's choice (or, for a share of decisions, the canary's); on failure
+        its predecessor's, then the baseline's."""
+        policies: Sequence[LearnedPolicy] = self._policies.get(agent_id, ())
+        if self._canaries:
+            canary = self._canaries.get(agent_id)
+            fraction = self.config.agents[agent_id].rollout.fraction
+            # One draw per episode, not per step: a sequence model must see every step of the
+            # episodes it serves (each policy keeps the history of the steps it answered).
+            draw = self._rng.random() if episode_id is None else (episode_id.int >> 64) / 2**64
+            if canary is not None and draw < fraction:
+                policies = (canary, *policies)
+        for policy in policies:
             try:
                 return policy.choose(context, offered, allowed, self._rng, episode_id)
             except Exception as exc:  # any failure of a model must leave the decision served
@@ -390,61 +495,117 @@ class Runtime(AsyncContextManagerMixin):
         return policies[0].version if policies else None
 
     async def refresh_policies(self) -> None:
-        """Load each agent's active version if it changed (another process may have trained
-        it). A version whose artifact does not verify is refused and logged; its predecessor
-        (or the baseline) serves instead, and the refusal is recorded in ``metrics``."""
+        """Load each agent's active version (and canary) if it changed (another process may
+        have trained, promoted or rolled back). A version whose artifact does not verify is
+        refused and logged; its predecessor (or the baseline) serves instead, and the refusal
+        is recorded in ``metrics``."""
         for agent_id in self.config.agents:
             async with self.database.session() as session:
+                canary = await repositories.policy_with_status(session, agent_id, "canary")
                 active = await repositories.active_policy_version(session, agent_id)
-                if active is None:
-                    # Another process may have rolled back to the baseline.
-                    if self._policies.pop(agent_id, None):
-                        log.info("policy_loaded", agent=agent_id, policy_version=None)
-                    continue
-                if active.version == self.active_version(agent_id):
-                    continue
-                if self._refused.get(agent_id) == (active.version, active.sha256):
-                    continue
                 parent = (
                     await repositories.load_policy_version(session, agent_id, active.parent_version)
-                    if active.parent_version is not None
+                    if active is not None and active.parent_version is not None
                     else None
                 )
-            chain: list[LearnedPolicy] = []
-            from agentrt.pipeline.updater import load_policy
-
-            for row in (active, parent):
-                if row is None:
-                    continue
-                try:
-                    chain.append(load_policy(row, self.registry, self._exploration[agent_id]))
-                except AgentRTError as exc:
-                    if row is active:
-                        self._refused[agent_id] = (row.version, row.sha256)
-                    log.error(
-                        "policy_refused", agent=agent_id, policy_version=row.version, error=str(exc)
-                    )
-                    async with self.database.session() as session:
-                        await repositories.record_metric(
-                            session,
-                            "policy_refused",
-                            float(row.version),
-                            agent_id=agent_id,
-                            stage="serving",
-                            details={"error": str(exc)},
-                        )
+            await self._refresh_canary(agent_id, canary)
+            if self.config.agents[agent_id].mode == "shadow" and agent_id not in self._modes:
+                async with self.database.session() as session:
+                    switch = await repositories.last_strategy_update(session, agent_id, "mode")
+                if switch is not None and switch.updated.get("mode") == "live":
+                    self._modes[agent_id] = "live"
+                    log.info("shadow_switched_to_live", agent=agent_id)
+            if active is None:
+                # Another process may have rolled back to the baseline.
+                if self._policies.pop(agent_id, None):
+                    log.info("policy_loaded", agent=agent_id, policy_version=None)
+                continue
+            if active.version == self.active_version(agent_id):
+                continue
+            if self._refused.get(agent_id) == (active.version, active.sha256):
+                continue
+            chain = [
+                policy
+                for row in (active, parent)
+                if row is not None and (policy := await self._load(agent_id, row)) is not None
+            ]
             self._policies[agent_id] = chain
             log.info("policy_loaded", agent=agent_id, policy_version=self.active_version(agent_id))
 
-    async def _pause(self, seconds: float) -> bool:
+    async def _refresh_canary(self, agent_id: str, row: PolicyVersion | None) -> None:
+        current = self._canaries.get(agent_id)
+        if row is None:
+            if current is not None:
+                self._drop_canary(agent_id)
+            return
+        if current is not None and current.version == row.version:
+            return
+        if self._refused.get(agent_id) == (row.version, row.sha256):
+            return
+        self._drop_canary(agent_id)
+        policy = await self._load(agent_id, row)
+        if policy is not None:
+            self._canaries[agent_id] = policy
+            log.info("canary_loaded", agent=agent_id, policy_version=row.version)
+
+    async def _load(self, agent_id: str, row: PolicyVersion) -> LearnedPolicy | None:
+        """Verify and rebuild a stored version; None (logged, recorded) when refused."""
+        from agentrt.pipeline.updater import load_policy
+
+        try:
+            return load_policy(row, self.registry, self._exploration[agent_id])
+        except AgentRTError as exc:
+            if row.status in ("active", "canary"):
+                self._refused[agent_id] = (row.version, row.sha256)
+            log.error("policy_refused", agent=agent_id, policy_version=row.version, error=str(exc))
+            async with self.database.session() as session:
+                await repositories.record_metric(
+                    session,
+                    "policy_refused",
+                    float(row.version),
+                    agent_id=agent_id,
+                    stage="serving",
+                    details={"error": str(exc)},
+                )
+            return None
+
+    def stop(self) -> None:
+        """Ask the periodic stages (learning loop, refresh, reward window) to end at their
+        next wait; a cycle in progress finishes first. Leaving ``async with`` does the rest."""
+        self._stopping.set()
+        self._refresh_now.set()
+
+    async def run_learning_loop(self) -> None:
+        """Run the learning loop in the calling task until :meth:`stop` or the runtime
+        closes (what ``agentrt worker`` does; ``runtime.pipeline: embedded`` starts it by
+        itself)."""
+        await self._learning_loop().run_forever()
+
+    def now(self) -> datetime:
+        """The runtime's clock (aware UTC; a fake one in tests)."""
+        return self._clock()
+
+    @property
+    def canaries(self) -> dict[str, int]:
+        """Per agent with a canary in this process, the canary's version."""
+        return {agent_id: policy.version for agent_id, policy in self._canaries.items()}
+
+    async def pause(self, seconds: float) -> bool:
         """Wait ``seconds``; False when the runtime is stopping (the loop should end)."""
         with anyio.move_on_after(seconds):
             await self._stopping.wait()
         return not self._stopping.is_set()
 
     async def _refresh_forever(self) -> None:
+        """Reload changed versions every ``policy_refresh_interval``, or at once when a
+        PostgreSQL notification says an agent's versions changed."""
         interval = self.config.runtime.policy_refresh_interval.total_seconds()
-        while await self._pause(interval):
+        while not self._stopping.is_set():
+            with anyio.move_on_after(interval):
+                await self._refresh_now.wait()
+            if self._stopping.is_set():
+                return
+            self._refresh_now = anyio.Event()
             try:
                 await self.refresh_policies()
             except Exception as exc:  # the stage supervisor: log, keep serving
@@ -464,7 +625,50 @@ class Runtime(AsyncContextManagerMixin):
             except StorageError as exc:
                 log.warning("metric_not_recorded", metric="policy_fallbacks", error=str(exc))
 
+    async def _listen_forever(self) -> None:
+        """LISTEN for policy changes (PostgreSQL) until the runtime stops; polling goes on
+        regardless, so a lost listener only costs latency."""
+        try:
+            async with listen_for_policy_changes(self.database, self._policy_changed) as active:
+                if active:
+                    log.debug("policy_listener_started")
+                    await self._stopping.wait()
+        except Exception as exc:  # the stage supervisor: log, keep serving (polling)
+            log.warning("stage_failed", stage="policy_listener", error=repr(exc))
+
+    def _policy_changed(self, agent_id: str) -> None:
+        if agent_id in self.config.agents:
+            self._refresh_now.set()
+
     # -- learning ------------------------------------------------------------------------
+
+    def _learning_loop(self) -> LearningLoop:
+        if self._loop is None:
+            from agentrt.pipeline.loop import LearningLoop
+
+            self._loop = LearningLoop(self)
+        return self._loop
+
+    async def run_due_cycles(self) -> CycleReport:
+        """Check every agent's trigger once and run the cycles that are due (what the
+        embedded pipeline and ``agentrt worker`` do every ``trigger_check_interval``; tests
+        drive the loop with this call and a fake clock). Pending experience is flushed first.
+        """
+        await self.flush()
+        reports = await self._learning_loop().run_due()
+        await self._record_fallbacks()
+        return CycleReport(agents=tuple(reports))
+
+    async def _cycle_if_due(
+        self, agent_id: str, reason: str, due: Callable[[str], Awaitable[str | None]]
+    ) -> AgentCycle | None:
+        """The loop's cycle: skipped when another process holds the agent's lock, or when
+        the trigger was consumed meanwhile."""
+
+        async def still_due() -> bool:
+            return await due(agent_id) is not None
+
+        return await self._cycle(agent_id, trigger=reason, wait=False, still_due=still_due)
 
     async def run_cycle(self, agent_id: str | None = None) -> CycleReport:
         """Run one learning cycle for one agent (or every agent) and report what happened.
@@ -477,7 +681,11 @@ class Runtime(AsyncContextManagerMixin):
             self._agent(agent_id)
         await self.flush()
         targets = [agent_id] if agent_id is not None else list(self.config.agents)
-        reports = [await self._cycle(target) for target in targets]
+        reports = []
+        for target in targets:
+            report = await self._cycle(target, wait=True)
+            assert report is not None  # noqa: S101 (waits for the lock; no trigger check)
+            reports.append(report)
         await self._record_fallbacks()
         return CycleReport(agents=tuple(reports))
 
@@ -488,65 +696,59 @@ class Runtime(AsyncContextManagerMixin):
             self._updater = ModelUpdater(self.config, self.database, self.registry, self._limiter)
         return self._updater
 
-    async def _cycle(self, agent_id: str) -> AgentCycle:
+    async def _cycle(
+        self,
+        agent_id: str,
+        *,
+        trigger: str = "run_cycle",
+        wait: bool = True,
+        still_due: Callable[[], Awaitable[bool]] | None = None,
+    ) -> AgentCycle | None:
+        """One cycle under the agent's locks (in this process, and across processes on
+        PostgreSQL). None when ``wait`` is False and another process holds the lock, or when
+        ``still_due`` says the trigger was consumed meanwhile (another worker ran it)."""
+        async with (
+            self._cycle_locks[agent_id],
+            agent_lock(self.database, agent_id, wait=wait) as obtained,
+        ):
+            if not obtained:
+                log.debug("cycle_locked_elsewhere", agent=agent_id)
+                return None
+            if still_due is not None and not await still_due():
+                return None
+            return await self._locked_cycle(agent_id, trigger)
+
+    async def _locked_cycle(self, agent_id: str, trigger: str) -> AgentCycle:
         updater = self._model_updater()
         started = time.perf_counter()
+        started_at = self._clock()
         self._cycles[agent_id] += 1
         parent = self.active_version(agent_id)
+        extracted: dict[str, Any] = {}
         try:
             if self._extractor is not None:
                 knowledge = await self._extractor.extract(agent_id)
                 extracted = {item.kind: item.payload for item in knowledge}
-            else:
-                extracted = {}
             await self._check_regression(agent_id)
+            canary = await self._check_canary(agent_id)
             exploration = self._exploration[agent_id]
             active = self._policies.get(agent_id, [])
             parent = active[0].version if active else None
-            trained, rows, learner = await updater.train(agent_id, self._cycles[agent_id])
-            if trained is None:
-                minimum = self.config.agents[agent_id].training.min_rows
+            if canary is not None and canary.action == "wait":
                 report = AgentCycle(
                     agent_id=agent_id,
                     status="skipped",
-                    reason=f"{rows} usable rows, fewer than training.min_rows ({minimum})",
-                    rows=rows,
-                    learner=learner,
+                    reason=f"canary v{self._canaries[agent_id].version} is serving: "
+                    f"{canary.reason}",
                     active_version=parent,
                     knowledge=extracted,
+                    canary=canary.numbers,
                 )
             else:
-                validation = await self._validate(agent_id, trained, learner, exploration, active)
-                passed = bool(validation["passed"])
-                stored = await updater.store(agent_id, learner, trained, parent, validation)
-                before = describe_strategy(parent, exploration)
-                if passed:
-                    policy = trained.policy(stored.version, learner, exploration)
-                    self._policies[agent_id] = [policy, *active[:1]]
-                await self._strategy().record(
-                    agent_id,
-                    "promote" if passed else "reject",
-                    before,
-                    describe_strategy(self.active_version(agent_id), exploration),
-                    {
-                        "candidate_version": stored.version,
-                        "reasons": validation.get("reasons", []),
-                        "ope": validation["validators"].get("ope", {}).get("reason"),
-                    },
+                report = await self._train_and_validate(
+                    agent_id, updater, exploration, active, parent, extracted
                 )
-                await self._retune(agent_id, extracted, promoted=passed)
-                report = AgentCycle(
-                    agent_id=agent_id,
-                    status="activated" if passed else "rejected",
-                    reason=stored.status_reason,
-                    rows=rows,
-                    learner=learner,
-                    candidate_version=stored.version,
-                    active_version=self.active_version(agent_id),
-                    metrics=stored.metrics,
-                    validation=stored.validation,
-                    knowledge=extracted,
-                )
+            await self._consider_going_live(agent_id)
         except Exception as exc:  # the stage supervisor: log, record, keep serving
             log.error("stage_failed", stage="updater", agent=agent_id, error=repr(exc))
             report = AgentCycle(
@@ -554,16 +756,22 @@ class Runtime(AsyncContextManagerMixin):
                 status="failed",
                 reason=f"{type(exc).__name__}: {exc}",
                 active_version=parent,
+                knowledge=extracted,
             )
-        report = report.model_copy(update={"seconds": time.perf_counter() - started})
+        report = report.model_copy(
+            update={"seconds": time.perf_counter() - started, "trigger": trigger}
+        )
         log.info(
             "learning_cycle",
             agent=agent_id,
+            trigger=trigger,
             status=report.status,
+            reason=report.reason,
             rows=report.rows,
             learner=report.learner,
             candidate_version=report.candidate_version,
             policy_version=report.active_version,
+            fit_seconds=report.metrics.get("fit_seconds"),
             seconds=round(report.seconds, 3),
         )
         try:
@@ -577,13 +785,231 @@ class Runtime(AsyncContextManagerMixin):
                     details={
                         "status": report.status,
                         "reason": report.reason,
+                        "trigger": trigger,
+                        "started_at": started_at.isoformat(),
+                        "process": _PROCESS,
                         "rows": report.rows,
                         "candidate_version": report.candidate_version,
+                        "active_version": report.active_version,
                     },
                 )
         except StorageError as exc:
             log.warning("metric_not_recorded", metric="learning_cycle", error=str(exc))
         return report
+
+    async def _train_and_validate(
+        self,
+        agent_id: str,
+        updater: ModelUpdater,
+        exploration: Strategy,
+        active: list[LearnedPolicy],
+        parent: int | None,
+        extracted: dict[str, Any],
+    ) -> AgentCycle:
+        trained, rows, learner = await updater.train(
+            agent_id, self._cycles[agent_id], self._optimizer.get(agent_id)
+        )
+        if trained is None:
+            minimum = self.config.agents[agent_id].training.min_rows
+            return AgentCycle(
+                agent_id=agent_id,
+                status="skipped",
+                reason=f"{rows} usable rows, fewer than training.min_rows ({minimum})",
+                rows=rows,
+                learner=learner,
+                active_version=parent,
+                knowledge=extracted,
+            )
+        validation = await self._validate(agent_id, trained, learner, exploration, active)
+        passed = bool(validation["passed"])
+        rollout = self._rollout(agent_id)
+        stored = await updater.store(
+            agent_id, learner, trained, parent, validation, rollout.initial_status()
+        )
+        before = describe_strategy(parent, exploration)
+        kind = "reject"
+        status: Literal["activated", "canary", "rejected"] = "rejected"
+        if passed:
+            policy = trained.policy(stored.version, learner, exploration)
+            if stored.status == "canary":
+                self._canaries[agent_id] = policy
+                self._canary_started[agent_id] = self._clock()
+                self._canary_looks[agent_id] = 0
+                kind, status = "canary", "canary"
+            else:
+                self._policies[agent_id] = [policy, *active[:1]]
+                kind, status = "promote", "activated"
+        details: dict[str, Any] = {
+            "candidate_version": stored.version,
+            "reasons": validation.get("reasons", []),
+            "ope": validation["validators"].get("ope", {}).get("reason"),
+        }
+        if kind == "canary":
+            rollout_config = self.config.agents[agent_id].rollout
+            details.update(
+                fraction=rollout_config.fraction,
+                started_at=self._canary_started[agent_id].isoformat(),
+            )
+        await self._strategy().record(
+            agent_id,
+            kind,
+            before,
+            describe_strategy(self.active_version(agent_id), exploration),
+            details,
+        )
+        await self._retune(agent_id, extracted, promoted=kind == "promote")
+        await self._adapt_learning_rate(agent_id, trained.metrics)
+        return AgentCycle(
+            agent_id=agent_id,
+            status=status,
+            reason=stored.status_reason,
+            rows=rows,
+            learner=learner,
+            candidate_version=stored.version,
+            active_version=self.active_version(agent_id),
+            metrics=stored.metrics,
+            validation=stored.validation,
+            knowledge=extracted,
+        )
+
+    async def _consider_going_live(self, agent_id: str) -> None:
+        """A shadow agent switches to live once its policy's off-policy estimate beats the
+        application's own logic by ``shadow.margin``; recorded as a ``mode`` update."""
+        agent = self.config.agents[agent_id]
+        policies = self._policies.get(agent_id)
+        if agent.mode != "shadow" or not agent.shadow.switch or agent_id in self._modes:
+            return
+        if not policies:
+            return
+        from agentrt.pipeline.shadow import compare_with_application
+
+        async with self.database.session() as session:
+            rows = await repositories.fetch_experience(
+                session, agent_id, limit=agent.training.window, rewarded_only=True
+            )
+        work = functools.partial(
+            compare_with_application,
+            policies[0],
+            rows,
+            agent.shadow,
+            n_bootstrap=agent.validation.n_bootstrap,
+        )
+        better, numbers = await anyio.to_thread.run_sync(work, limiter=self._limiter)
+        if not better:
+            log.debug("shadow_stays", agent=agent_id, **numbers)
+            return
+        self._modes[agent_id] = "live"
+        await self._strategy().record(
+            agent_id,
+            "mode",
+            {"mode": "shadow", "active_version": policies[0].version},
+            {"mode": "live", "active_version": policies[0].version},
+            {
+                "reason": f"v{policies[0].version}'s estimate {numbers['policy_estimate']:.4f} "
+                f"beats the application's {numbers['application_reward']:.4f} by "
+                f"{numbers['difference']:+.4f} (lower bound {numbers['difference_lower']:+.4f} "
+                f"> margin {agent.shadow.margin:g})",
+                **numbers,
+            },
+        )
+        log.warning("shadow_switched_to_live", agent=agent_id, **numbers)
+
+    async def _adapt_learning_rate(self, agent_id: str, metrics: dict[str, Any]) -> None:
+        current = self._optimizer.get(agent_id)
+        updated, why = self._strategy().adapt_learning_rate(agent_id, metrics, current)
+        if why is None or updated is None:
+            return
+        self._optimizer[agent_id] = updated
+        describe = {"learning_rate": current[0], "momentum": current[1]} if current else None
+        await self._strategy().record(
+            agent_id,
+            "learning_rate",
+            {"optimizer": describe},
+            {"optimizer": {"learning_rate": updated[0], "momentum": updated[1]}},
+            {"reason": why},
+        )
+        log.info("learning_rate_adapted", agent=agent_id, reason=why)
+
+    def _rollout(self, agent_id: str) -> Rollout:
+        config = self.config.agents[agent_id].rollout
+        rollout: Rollout = self.registry.create("rollout", config.strategy, config)
+        return rollout
+
+    async def _check_canary(self, agent_id: str) -> Verdict | None:
+        """Evaluate the agent's canary on live rewards and promote or roll it back; None when
+        it has none. Returns the verdict (``wait``: it keeps serving)."""
+        canary = self._canaries.get(agent_id)
+        if canary is None:
+            return None
+        started = self._canary_started.get(agent_id)
+        if started is None:
+            async with self.database.session() as session:
+                update = await repositories.last_strategy_update(session, agent_id, "canary")
+            recorded = (update.details.get("started_at") if update is not None else None) or ""
+            try:
+                started = datetime.fromisoformat(recorded)
+            except ValueError:
+                started = self._clock()
+            self._canary_started[agent_id] = started
+        reference_version = self.active_version(agent_id)
+        rewards = await live_rewards(
+            self.database, agent_id, [canary.version, reference_version], since=started
+        )
+        look = self._canary_looks.get(agent_id, 0) + 1
+        verdict: Verdict = self._rollout(agent_id).evaluate(
+            rewards.get(canary.version),
+            rewards.get(reference_version),
+            look,
+            self._clock() - started,
+        )
+        if "look" in verdict.numbers:
+            self._canary_looks[agent_id] = look
+        if verdict.action == "wait":
+            return verdict
+        exploration = self._exploration[agent_id]
+        before = describe_strategy(reference_version, exploration)
+        active = self._policies.get(agent_id, [])
+        async with self.database.session() as session:
+            if verdict.action == "promote":
+                await repositories.retire_active_versions(
+                    session, agent_id, superseded_by=canary.version
+                )
+                await repositories.set_policy_status(
+                    session, agent_id, canary.version, "active", f"canary: {verdict.reason}"
+                )
+            else:
+                await repositories.set_policy_status(
+                    session, agent_id, canary.version, "rejected", f"canary: {verdict.reason}"
+                )
+        self._drop_canary(agent_id)
+        if verdict.action == "promote":
+            self._policies[agent_id] = [canary, *active[:1]]
+        kind = "promote" if verdict.action == "promote" else "rollback"
+        await self._strategy().record(
+            agent_id,
+            kind,
+            before,
+            describe_strategy(self.active_version(agent_id), exploration),
+            {
+                "canary_version": canary.version,
+                "canary": True,
+                "reason": verdict.reason,
+                **verdict.numbers,
+            },
+        )
+        log.info(
+            "canary_decided",
+            agent=agent_id,
+            canary_version=canary.version,
+            action=verdict.action,
+            reason=verdict.reason,
+        )
+        return verdict
+
+    def _drop_canary(self, agent_id: str) -> None:
+        self._canaries.pop(agent_id, None)
+        self._canary_started.pop(agent_id, None)
+        self._canary_looks.pop(agent_id, None)
 
     def _strategy(self) -> StrategyAdapter:
         if self._adapter is None:
@@ -730,7 +1156,12 @@ class Runtime(AsyncContextManagerMixin):
         value = check_reward(reward)
         result = check_outcome(outcome, self._max_bytes)
         checked_source = _check_source(source)
-        return await self._feedback(decision_id, "reward", value, result, checked_source)
+        feedback = await self._feedback(decision_id, "reward", value, result, checked_source)
+        if self._online and isinstance(decision, Decision) and decision.mode != "deferred":
+            pending = self._online.get(decision.agent_id)
+            if pending is not None:
+                pending.append((decision.context, decision.action, value))
+        return feedback
 
     async def activate(self, decision: Decision | uuid.UUID | str) -> Feedback:
         """Say that a deferred decision's action was really taken; it now counts for learning.
@@ -883,7 +1314,8 @@ class Runtime(AsyncContextManagerMixin):
             status, error = "failed", f"{type(exc).__name__}: {exc}"[:2000]
             raise
         finally:
-            for policy in self._policies.get(agent_id, ()):
+            canary = self._canaries.get(agent_id)
+            for policy in (*self._policies.get(agent_id, ()), *([canary] if canary else [])):
                 policy.end_episode(active.id)
             record = Episode(
                 id=active.id,
@@ -1013,7 +1445,7 @@ class Runtime(AsyncContextManagerMixin):
             a.reward.wait_window for a in self.config.agents.values() if a.reward.wait_window
         ]
         interval = min(max(min(windows) / 4, timedelta(seconds=1)), timedelta(minutes=1))
-        while await self._pause(interval.total_seconds()):
+        while await self.pause(interval.total_seconds()):
             try:
                 await self.apply_default_rewards()
             except Exception as exc:  # the stage supervisor: log, record, keep serving

@@ -161,13 +161,16 @@ class PolicyVersion(_Payload):
 class AgentCycle(_Payload):
     """What one learning cycle did for one agent.
 
-    ``status`` is ``activated`` (a new version serves), ``rejected`` (the candidate failed its
-    checks; the active version keeps serving), ``skipped`` (too little usable experience) or
-    ``failed`` (the cycle raised; the error is logged and recorded in ``metrics``).
+    ``status`` is ``activated`` (a new version serves), ``canary`` (the validated candidate
+    serves a fraction of decisions until live rewards decide), ``rejected`` (the candidate
+    failed its checks; the active version keeps serving), ``skipped`` (too little usable
+    experience, or a canary is still being compared) or ``failed`` (the cycle raised; the
+    error is logged and recorded in ``metrics``). ``trigger`` says what started the cycle
+    (``run_cycle`` or the loop's trigger), ``canary`` the numbers of a canary comparison.
     """
 
     agent_id: str
-    status: Literal["activated", "rejected", "skipped", "failed"]
+    status: Literal["activated", "canary", "rejected", "skipped", "failed"]
     reason: str | None = None
     rows: int = 0
     learner: str | None = None
@@ -176,6 +179,8 @@ class AgentCycle(_Payload):
     metrics: dict[str, Any] = {}
     validation: dict[str, Any] | None = None
     knowledge: dict[str, Any] = {}
+    canary: dict[str, Any] | None = None
+    trigger: str | None = None
     seconds: float = 0.0
 
 
@@ -204,5 +209,6 @@ class StrategyUpdate(_Payload):
 
 # `trusted()` instances have every field set; one shared set per class saves an allocation.
 _ALL_FIELDS: dict[type[BaseModel], set[str]] = {
-    cls: set(cls.model_fields) for cls in (Decision, Feedback, Episode, Knowledge, PolicyVersion)
+    cls: set(cls.model_fields)
+    for cls in (Decision, Feedback, Episode, Experience, Knowledge, PolicyVersion)
 }

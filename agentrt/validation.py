@@ -37,6 +37,7 @@ from agentrt.learning.data import usable_for_learning
 from agentrt.plugins import Plugin
 from agentrt.policy import BaselinePolicy, LearnedPolicy
 from agentrt.schemas import Experience
+from agentrt.types import SequenceModel
 
 __all__ = [
     "LatencyValidator",
@@ -46,6 +47,7 @@ __all__ = [
     "ValidationContext",
     "ValidatorResult",
     "plugins",
+    "policy_matrix",
     "run_validators",
 ]
 
@@ -83,12 +85,39 @@ def _rows(context: ValidationContext) -> list[Experience]:
     return [r for r in context.held_out if usable_for_learning(r) and r.action in known]
 
 
-def _policy_matrix(
+def model_scores(policy: LearnedPolicy, rows: Sequence[Experience]) -> tuple[Matrix, Matrix | None]:
+    """The model's scores (and spreads) for each row, shape (n, policy actions).
+
+    A sequence model sees, for each row, the rows of its episode up to that step (oldest
+    first, at most ``history``), as serving would have shown them; held-out rows are whole
+    episodes, so those are the episode's steps.
+    """
+    features = policy.encoder.encode_many([r.context for r in rows])
+    model = policy.model
+    if not (isinstance(model, SequenceModel) and model.history > 1):
+        return model.predict(features)
+    members: dict[object, list[int]] = {}
+    for i, row in enumerate(rows):
+        members.setdefault(i if row.episode_id is None else row.episode_id, []).append(i)
+    means = np.zeros((len(rows), len(policy.actions)))
+    stds: Matrix | None = None
+    for indices in members.values():
+        indices.sort(key=lambda i: (rows[i].step if rows[i].step is not None else -1, i))
+        for end, i in enumerate(indices):
+            window = features[indices[max(0, end + 1 - model.history) : end + 1]]
+            mean, std = model.predict_sequence(window[None])
+            means[i] = mean[0]
+            if std is not None:
+                stds = np.zeros_like(means) if stds is None else stds
+                stds[i] = std[0]
+    return means, stds
+
+
+def policy_matrix(
     policy: LearnedPolicy, rows: Sequence[Experience], actions: tuple[str, ...]
 ) -> tuple[Matrix, Matrix]:
     """(estimates, distribution) of ``policy`` over ``actions`` for each row, shape (n, k)."""
-    features = policy.encoder.encode_many([r.context for r in rows])
-    means, stds = policy.model.predict(features)
+    means, stds = model_scores(policy, rows)
     columns = [policy.actions.index(a) if a in policy.actions else -1 for a in actions]
     estimates = np.zeros((len(rows), len(actions)))
     distribution = np.zeros((len(rows), len(actions)))
@@ -137,9 +166,7 @@ class SanityValidator:
         checks: dict[str, Any] = {"weights_finite": weights_finite, "contexts_checked": len(sample)}
         estimates_finite = probabilities_valid = True
         if sample:
-            means, stds = candidate.model.predict(
-                candidate.encoder.encode_many([r.context for r in sample])
-            )
+            means, stds = model_scores(candidate, sample)
             estimates_finite = bool(np.all(np.isfinite(means))) and (
                 stds is None or bool(np.all(np.isfinite(stds)))
             )
@@ -191,9 +218,9 @@ class OffPolicyValidator:
         actions = context.candidate.actions
         logged = np.array([actions.index(r.action) for r in rows])
         rewards = np.array([r.reward for r in rows], dtype=np.float64)
-        estimates, candidate = _policy_matrix(context.candidate, rows, actions)
+        estimates, candidate = policy_matrix(context.candidate, rows, actions)
         if context.active is not None:
-            _, incumbent = _policy_matrix(context.active, rows, actions)
+            _, incumbent = policy_matrix(context.active, rows, actions)
             incumbent_name = f"v{context.active.version}"
         else:
             incumbent = _baseline_matrix(context.baseline, rows, actions)
@@ -397,7 +424,7 @@ def _accuracy(context: ValidationContext) -> float | None:
     if not rows:
         return None
     actions = context.candidate.actions
-    estimates, _ = _policy_matrix(context.candidate, rows, actions)
+    estimates, _ = policy_matrix(context.candidate, rows, actions)
     offered = np.array([[a in r.actions for a in actions] for r in rows])
     best = np.argmax(np.where(offered, estimates, -np.inf), axis=1)
     logged = np.array([context.candidate.actions.index(r.action) for r in rows])

@@ -77,7 +77,13 @@ async def main(args: argparse.Namespace) -> None:
             None,
             {
                 "database": {"url": f"sqlite+aiosqlite:///{tmp}/hotpath.db"},
-                "runtime": {"durability": "buffered", "buffer_size": 4 * calls, "seed": 1},
+                "runtime": {
+                    "durability": "buffered",
+                    "buffer_size": 4 * calls,
+                    "seed": 1,
+                    # Only the hot path is measured: no learning loop in the background.
+                    "pipeline": "external",
+                },
                 "agents": {"router": {"actions": list(ACTIONS)}},
             },
         )

@@ -86,6 +86,8 @@ def config(url: str, durability: str, buffer_size: int = 10_000) -> Any:
                 "auto_migrate": True,
                 "buffer_size": buffer_size,
                 "seed": 1,
+                # Only ingest is measured: no learning loop in the background.
+                "pipeline": "external",
             },
             "agents": {"router": {"actions": list(ACTIONS)}},
             "experience_configuration": {"collection": {"batch_size": 1000}},

@@ -17,18 +17,25 @@ import math
 import random
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 import numpy as np
 import numpy.typing as npt
 import pytest
 import structlog
-import torch
 import yaml
+from helpers.steered import (
+    ACTIONS,
+    Played,
+    Steer,
+    TickingClock,
+    play,
+    steered_registry,
+)
 from sqlalchemy import select
 from typer.testing import CliRunner, Result
 
@@ -36,41 +43,23 @@ from agentrt.cli import app
 from agentrt.config import AgentConfig, DatabaseConfig, load_config
 from agentrt.errors import InvalidInputError
 from agentrt.exploration import EpsilonGreedy, Softmax, Strategy
-from agentrt.learning.data import BanditData
-from agentrt.learning.linear import LinearLearner, LinearModel
-from agentrt.learning.settings import LearnerSettings
 from agentrt.pipeline.adapter import (
     LiveReward,
     StrategyAdapter,
     live_rewards,
     significantly_below,
 )
-from agentrt.plugins import Plugin, PluginRegistry
 from agentrt.runtime import Runtime
 from agentrt.schemas import Decision, DecisionMode, Feedback
 from agentrt.storage import repositories
 from agentrt.storage.engine import Database
 from agentrt.storage.tables import StrategyUpdateRow
 
-ACTIONS = ("a", "b", "c")
-BEST = {"t0": "a", "t1": "b", "t2": "c"}
-P_BEST, P_OTHER = 0.8, 0.2
 EPSILON, DECAY = 0.1, 0.995  # the default exploration: epsilon-greedy 0.1, decay 0.995
 Z_99 = 2.326
 
 Matrix = npt.NDArray[np.float64]
 Served = tuple[int | None, DecisionMode, float | None]  # policy version, mode, reward
-
-
-class TickingClock:
-    """A clock that moves one millisecond on every reading: distinct, ordered timestamps."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2030, 1, 1, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        self.now += timedelta(milliseconds=1)
-        return self.now
 
 
 def epsilon_greedy(epsilon: float) -> dict[str, Any]:
@@ -81,66 +70,6 @@ def epsilon_greedy(epsilon: float) -> dict[str, Any]:
 def strategy(active: int | None, epsilon: float) -> dict[str, Any]:
     """A strategy (``previous`` / ``updated``) as ``strategy_updates`` stores it."""
     return {"active_version": active, "exploration": epsilon_greedy(epsilon)}
-
-
-# -- the steered learner -------------------------------------------------------------------
-
-
-@dataclass
-class Steer:
-    """What the next model the ``steered`` learner trains does."""
-
-    mode: Literal["good", "worst", "nan"] = "good"
-
-
-class SteeredModel:
-    """A linear model whose estimates are negated (``sign`` -1) or NaN, when so trained."""
-
-    def __init__(self, inner: LinearModel, sign: float, nan: bool) -> None:
-        self.inner = inner
-        self.sign = sign
-        self.nan = nan
-
-    def predict(self, features: npt.NDArray[np.float32]) -> tuple[Matrix, Matrix]:
-        means, stds = self.inner.predict(features)
-        if self.nan:
-            return np.full_like(means, np.nan), stds
-        return self.sign * means, stds
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        flags = torch.tensor([self.sign, float(self.nan)], dtype=torch.float64)
-        return {**self.inner.tensors(), "flags": flags}
-
-    def describe(self) -> dict[str, Any]:
-        return self.inner.describe()
-
-
-class SteeredLearner:
-    name = "steered"
-
-    def __init__(self, settings: LearnerSettings, steer: Steer) -> None:
-        self.settings = settings
-        self.steer = steer
-
-    def fit(self, data: BanditData) -> tuple[SteeredModel, dict[str, Any]]:
-        model, metrics = LinearLearner(self.settings).fit(data)
-        sign = -1.0 if self.steer.mode == "worst" else 1.0
-        return SteeredModel(model, sign, self.steer.mode == "nan"), metrics
-
-
-class SteeredFactory:
-    """The plugin factory: a learner bound to the test's steer; loads what it saved."""
-
-    def __init__(self, steer: Steer) -> None:
-        self.steer = steer
-
-    def __call__(self, settings: LearnerSettings) -> SteeredLearner:
-        return SteeredLearner(settings, self.steer)
-
-    @staticmethod
-    def load(tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> SteeredModel:
-        sign, nan = tensors["flags"].tolist()
-        return SteeredModel(LinearModel(tensors["theta"], tensors["a_inv"]), sign, nan == 1.0)
 
 
 def config_tree(
@@ -163,6 +92,8 @@ def config_tree(
         "database": {"url": url},
         "runtime": {
             "auto_migrate": True,
+            # Cycles run only when a test calls run_cycle(): no background learning loop.
+            "pipeline": "external",
             "seed": 7,
             "device": "cpu",
             "spill_dir": str(spill),
@@ -176,42 +107,8 @@ def config_tree(
 
 
 def steered_runtime(url: str, spill: Path, steer: Steer, **options: Any) -> Runtime:
-    registry = PluginRegistry()
-    registry.register(Plugin("learner", "steered", SteeredFactory(steer), "test learner"))
     config = load_config(config_tree(url, spill, **options))
-    return Runtime(config, registry=registry, clock=TickingClock())
-
-
-@dataclass
-class Played:
-    """What a run of decisions earned and which policy versions served it."""
-
-    mean_reward: float
-    versions: set[int | None]
-    exploration: dict[str, Any] = field(default_factory=dict)
-
-
-async def play(
-    rt: Runtime,
-    rounds: int,
-    rng: random.Random,
-    *,
-    p_best: float = P_BEST,
-    p_other: float = P_OTHER,
-) -> Played:
-    """Decide ``rounds`` times over the three topics and reward every decision."""
-    total = 0.0
-    played = Played(0.0, set())
-    for i in range(rounds):
-        topic = f"t{i % 3}"
-        decision = await rt.decide("router", {"topic": topic})
-        won = rng.random() < (p_best if decision.action == BEST[topic] else p_other)
-        total += float(won)
-        played.versions.add(decision.policy_version)
-        played.exploration = decision.exploration or {}
-        await rt.reward(decision, float(won))
-    played.mean_reward = total / max(rounds, 1)
-    return played
+    return Runtime(config, registry=steered_registry(steer), clock=TickingClock())
 
 
 async def cycle_status(rt: Runtime) -> str:

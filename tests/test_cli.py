@@ -462,10 +462,13 @@ def test_every_command_is_walked() -> None:
         ("demo",),
         ("export",),
         ("init",),
+        ("prune",),
+        ("report",),
         ("rollback",),
         ("sql",),
         ("status",),
         ("versions",),
+        ("worker",),
     }
 
 
@@ -485,10 +488,21 @@ def test_demo_fast(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     database = out / "demo.db"
     assert database.is_file()
-    # --fast: 6 rounds of 150 tickets, each one decision of the router and one of the prompt.
-    assert count_rows(database, "decisions") == 1800
-    assert count_rows(database, "feedback") == 1800
+    # --fast: 6 rounds of 150 tickets (one decision of the router and one of the prompt
+    # each) and 30 navigator episodes of up to 20 steps; every decision is rewarded.
+    decisions = count_rows(database, "decisions")
+    assert 1800 + 180 <= decisions <= 1800 + 180 * 20
+    assert count_rows(database, "feedback") == decisions
+    assert count_rows(database, "episodes") == 180
     assert "summary per agent" in result.stdout
+    # The report: one self-contained HTML file and the PNG charts of every agent.
+    html = (out / "report" / "report.html").read_text()
+    for agent in ("router", "prompt", "navigator"):
+        assert (out / "report" / f"{agent}-reward.png").is_file()
+        assert agent in html
+    assert "".join(f"Report: {out / 'report' / 'report.html'}".split()) in "".join(
+        result.stdout.split()
+    )
     assert "agentrt sql --config" in result.stdout
     # Rich wraps this line at the console width; compare without whitespace.
     assert "".join(f"Stored in {database}".split()) in "".join(result.stdout.split())
@@ -497,7 +511,7 @@ def test_demo_fast(tmp_path: Path) -> None:
 def test_demo_relative_out_is_under_the_working_directory(tmp_path: Path) -> None:
     result = invoke("demo", "--fast", "--out", "relative-out", "--seed", "3")
     assert result.exit_code == 0, result.output
-    assert count_rows(tmp_path / "relative-out" / "demo.db", "decisions") == 1800
+    assert count_rows(tmp_path / "relative-out" / "demo.db", "episodes") == 180
 
 
 def test_demo_is_reproducible_under_a_seed(tmp_path: Path) -> None:

@@ -167,7 +167,8 @@ def test_an_unknown_key_suggests_the_closest_and_lists_the_allowed_keys() -> Non
     assert problems({"runtime": {"durabilty": "sync"}}) == [
         "runtime.durabilty: unknown key; did you mean 'durability'? allowed keys: "
         "auto_migrate, backpressure, buffer_size, device, durability, flush_interval, "
-        "max_context_bytes, pipeline, policy_refresh_interval, seed, shutdown_timeout, spill_dir"
+        "max_context_bytes, pipeline, policy_refresh_interval, retention_interval, seed, "
+        "shutdown_timeout, spill_dir, trigger_check_interval"
     ]
 
 
@@ -208,8 +209,8 @@ def test_an_unknown_key_deep_in_a_section_names_its_whole_path() -> None:
         (
             {"agents": {"router": {"actons": []}}},
             "agents.router.actons: unknown key; did you mean 'actions'? allowed keys: "
-            "actions, baseline, exploration, learner, mode, model, reward, rollout, training, "
-            "validation",
+            "actions, baseline, exploration, features, learner, mode, model, reward, rollout, "
+            "shadow, training, trigger, validation",
         ),
         (
             {"agents": {"router": {"rollout": {"strategi": "canary"}}}},

@@ -63,7 +63,13 @@ def make_config(
     return load_config(
         {
             "database": {"url": url},
-            "runtime": {"auto_migrate": True, "seed": 7, "device": "cpu", "spill_dir": str(spill)},
+            "runtime": {
+                "auto_migrate": True,
+                "pipeline": "external",
+                "seed": 7,
+                "device": "cpu",
+                "spill_dir": str(spill),
+            },
             "agents": {"router": {"actions": list(ACTIONS), "learner": "linear"}},
             "experience_configuration": experience,
         }

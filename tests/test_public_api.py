@@ -32,10 +32,13 @@ ERRORS = {
 PROTOCOLS = {
     "Analyzer",
     "ExplorationStrategy",
+    "FeatureExtractor",
+    "IncrementalModel",
     "Learner",
     "Processor",
     "RewardModel",
     "Rollout",
+    "SequenceModel",
     "Validator",
 }
 SCHEMAS = {
@@ -148,6 +151,7 @@ def test_plugin_authors_find_what_they_need_in_agentrt_plugins() -> None:
         "validator",
         "exploration",
         "rollout",
+        "feature",
     )
 
 

@@ -86,6 +86,7 @@ def make_runtime(db_url: str, tmp_path: Path) -> RuntimeFactory:
                 "database": {"url": db_url},
                 "runtime": {
                     "auto_migrate": True,
+                    "pipeline": "external",
                     "durability": durability,
                     "seed": 1,
                     "spill_dir": str(tmp_path / "spill"),

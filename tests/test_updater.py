@@ -80,6 +80,8 @@ def make_config(
             "database": {"url": url},
             "runtime": {
                 "auto_migrate": True,
+                # Cycles run only when a test calls run_cycle(): no background learning loop.
+                "pipeline": "external",
                 "seed": 7,
                 "device": "cpu",
                 "spill_dir": str(spill),

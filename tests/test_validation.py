@@ -824,7 +824,13 @@ def runtime(url: str, spill: Path, learner: str = "linear") -> Runtime:
     config = load_config(
         {
             "database": {"url": url},
-            "runtime": {"auto_migrate": True, "seed": 7, "device": "cpu", "spill_dir": str(spill)},
+            "runtime": {
+                "auto_migrate": True,
+                "pipeline": "external",
+                "seed": 7,
+                "device": "cpu",
+                "spill_dir": str(spill),
+            },
             "agents": {"router": {"actions": list(ACTIONS), "learner": learner}},
             "experience_configuration": {"analysis": {"methods": ["trend_analysis"]}},
         }

@@ -12,8 +12,9 @@ from rich.table import Table
 from sqlalchemy import text
 
 from agentrt.cli.common import DEFAULT_CONFIG, ConfigOption, console, handle_errors, load
-from agentrt.config import DatabaseConfig
-from agentrt.demo import DemoResult, RoundResult, run_demo
+from agentrt.config import DatabaseConfig, load_config
+from agentrt.demo import DemoResult, RoundResult, demo_config, run_demo
+from agentrt.report import ReportPaths, write_report
 from agentrt.storage.engine import Database
 
 __all__ = ["demo"]
@@ -48,17 +49,26 @@ def demo(
 ) -> None:
     """Simulated applications learn with agentrt; prints their progress and what was stored.
 
-    A support-ticket router picks tools and a second agent picks prompt templates, both
-    through agentrt's public API. Each round they decide and report rewards, then a learning
-    cycle trains and hot-swaps a new version. Midway the `sql` tool degrades for billing
-    tickets, and the router has to adapt.
+    A support-ticket router picks tools, a second agent picks prompt templates and a third
+    walks a corridor in episodes (dqn), all through agentrt's public API. Each round they
+    decide and report rewards, then a learning cycle trains and hot-swaps new versions. Midway
+    the `sql` tool degrades for billing tickets, and the router has to adapt.
 
     Example: agentrt demo --out /tmp/agentrt-demo --seed 7
     """
     load(config)  # validates --config and configures logging like every command
-    rounds, per_round = (6, 150) if fast else (10, 500)
+    rounds, per_round, episodes = (6, 150, 30) if fast else (10, 500, 40)
     table = Table(title=f"agentrt demo (seed {seed}): mean reward per round")
-    for column in ("round", "router", "router version", "prompt", "prompt version", "note"):
+    for column in (
+        "round",
+        "router",
+        "router version",
+        "prompt",
+        "prompt version",
+        "navigator reached",
+        "navigator version",
+        "note",
+    ):
         table.add_column(column)
 
     with Progress(
@@ -82,17 +92,29 @@ def demo(
                 _version(result.versions["router"]),
                 f"{result.rewards['prompt']:.3f}",
                 _version(result.versions["prompt"]),
+                f"{result.rewards['navigator']:.2f}",
+                _version(result.versions["navigator"]),
                 note,
             )
             progress.advance(task)
 
         result = anyio.run(
             lambda: run_demo(
-                out, seed=seed, rounds=rounds, decisions_per_round=per_round, on_round=on_round
+                out,
+                seed=seed,
+                rounds=rounds,
+                decisions_per_round=per_round,
+                episodes_per_round=episodes,
+                on_round=on_round,
             )
         )
     console.print(table)
     console.print(_summary(result))
+    report = anyio.run(_report, result.database, out, seed)
+    console.print(f"\nReport: {report.html}", markup=False, highlight=False, soft_wrap=True)
+    for images in report.images.values():
+        for image in images:
+            console.print(f"  {image}", markup=False, highlight=False, soft_wrap=True)
     inspect = out / "agentrt.yaml"
     inspect.write_text(f"database:\n  url: sqlite+aiosqlite:///{result.database.resolve()}\n")
     console.print(f"\nStored in {result.database}. Inspect it with `agentrt sql`:", markup=False)
@@ -104,6 +126,16 @@ def demo(
             highlight=False,
             soft_wrap=True,
         )
+
+
+async def _report(database: Path, out: Path, seed: int) -> ReportPaths:
+    """The HTML report and PNG charts of the run, in ``out/report``."""
+    config = load_config(demo_config(database, seed))
+    db = Database(config.database)
+    try:
+        return await write_report(db, config, out / "report")
+    finally:
+        await db.dispose()
 
 
 def _version(version: int | None) -> str:
@@ -123,7 +155,7 @@ def _summary(result: DemoResult) -> Table:
         "rows stored",
     ):
         table.add_column(column)
-    for agent in ("router", "prompt"):
+    for agent in ("router", "prompt", "navigator"):
         statuses = counts["versions"].get(agent, {})
         table.add_row(
             agent,

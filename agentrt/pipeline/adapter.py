@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy import func, select
@@ -44,9 +45,10 @@ class LiveReward(NamedTuple):
 
 
 async def live_rewards(
-    db: Database, agent_id: str, versions: list[int | None]
+    db: Database, agent_id: str, versions: list[int | None], since: datetime | None = None
 ) -> dict[int | None, LiveReward]:
-    """Count, mean and variance of the rewards of the live decisions each version served."""
+    """Count, mean and variance of the rewards of the live decisions each version served
+    (decided at or after ``since`` when given)."""
     view = experience_view
     query = (
         select(
@@ -58,6 +60,8 @@ async def live_rewards(
         .where(view.c.agent_id == agent_id, view.c.mode == "live", view.c.reward.is_not(None))
         .group_by(view.c.policy_version)
     )
+    if since is not None:
+        query = query.where(view.c.created_at >= since)
     found: dict[int | None, LiveReward] = {}
     async with db.session() as session:
         for version, count, mean, square in await session.execute(query):
@@ -132,6 +136,42 @@ class StrategyAdapter:
                 return decayed, "epsilon decays after a promotion"
         return exploration, None
 
+    def adapt_learning_rate(
+        self, agent_id: str, metrics: dict[str, Any], current: tuple[float, float] | None
+    ) -> tuple[tuple[float, float] | None, str | None]:
+        """The (learning rate, momentum) of the agent's next training run, and why it changed
+        (None: unchanged).
+
+        With ``optimization_parameters.strategy_optimization.adaptation.method: dynamic``, a
+        run whose held-out loss improved by less than 1% after its first epoch stalled: the
+        next run uses the adaptation's ``learning_rate`` and ``momentum`` (momentum is
+        ``beta1`` for Adam), and each further stall halves the learning rate (down to 1e-6).
+        Learners without a loss curve (``linear``) are left alone.
+        """
+        adaptation = self.config.optimization_parameters.strategy_optimization.adaptation
+        curve = metrics.get("loss_curve") or []
+        losses = [
+            float(point["holdout_loss"])
+            for point in curve
+            if isinstance(point, dict) and _finite_number(point.get("holdout_loss"))
+        ]
+        if adaptation.method != "dynamic" or len(losses) < 2:
+            return current, None
+        first, best = losses[0], min(losses)
+        improvement = (first - best) / max(abs(first), 1e-12)
+        if improvement >= 0.01:
+            return current, None
+        if current is None:
+            updated = (adaptation.learning_rate, adaptation.momentum)
+        else:
+            updated = (max(current[0] / 2.0, 1e-6), current[1])
+        if updated == current:
+            return current, None
+        return updated, (
+            f"held-out loss improved {improvement:.2%} over {len(losses)} epochs (stalled): the "
+            f"next run uses learning rate {updated[0]:g} and momentum {updated[1]:g}"
+        )
+
     async def regression(
         self, agent_id: str, active: int, parent: int | None
     ) -> tuple[bool, dict[str, Any]]:
@@ -151,6 +191,10 @@ class StrategyAdapter:
                     "z": z if math.isfinite(z) else None,
                 }
         return False, {}
+
+
+def _finite_number(value: object) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
 
 
 def _reopen(current: Strategy, configured: Strategy) -> Strategy:

@@ -11,8 +11,8 @@ Loading a stored version verifies all of that again before anything serves from 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from agentrt.config import AgentConfig, AgentRTConfig
-from agentrt.errors import PolicyError
+from agentrt.errors import PluginError, PolicyError
 from agentrt.exploration import Strategy
 from agentrt.learning.artifacts import dump_artifact, load_artifact, sha256
 from agentrt.learning.data import BanditData, usable_for_learning
@@ -34,7 +34,7 @@ from agentrt.policy import LearnedPolicy
 from agentrt.schemas import Experience, PolicyStatus, PolicyVersion
 from agentrt.storage import repositories
 from agentrt.storage.engine import Database
-from agentrt.types import Learner, RewardModel
+from agentrt.types import FeatureExtractor, Learner, RewardModel
 
 __all__ = ["ModelUpdater", "Trained", "learner_name", "load_policy"]
 
@@ -77,16 +77,14 @@ def _train(
     rows: Sequence[Experience],
     actions: tuple[str, ...],
     settings: LearnerSettings,
+    extractors: Mapping[str, FeatureExtractor],
 ) -> Trained:
     """Runs in a worker thread: split, fit features and learner, measure held-out error."""
     torch.manual_seed(settings.seed)
     known = set(actions)
     kept = [row for row in rows if row.action in known]
-    order = np.random.default_rng(settings.seed).permutation(len(kept))
-    cut = int(len(kept) * settings.training.holdout) if len(kept) >= 20 else 0
-    held_rows = [kept[i] for i in order[:cut]]
-    train_rows = [kept[i] for i in order[cut:]]
-    encoder = FeatureEncoder(FeatureSpec(dim=settings.training.feature_dim))
+    train_rows, held_rows = _split(kept, settings.training.holdout, settings.seed)
+    encoder = FeatureEncoder(FeatureSpec(dim=settings.training.feature_dim), extractors=extractors)
     encoder.fit(row.context for row in train_rows)
     train = BanditData.from_experience(train_rows, encoder, actions)
     started = time.perf_counter()
@@ -100,6 +98,24 @@ def _train(
         metrics["holdout_mse"] = float(np.mean((predicted - held.rewards) ** 2))
         metrics["holdout_rows"] = len(held)
     return Trained(model, encoder, actions, metrics, held_rows)
+
+
+def _split(
+    rows: Sequence[Experience], holdout: float, seed: int
+) -> tuple[list[Experience], list[Experience]]:
+    """(train, held-out) by a seeded shuffle of whole episodes; a row outside any episode is
+    one on its own, so data without episodes splits exactly as a shuffle of rows would.
+    Splitting rows would cut episodes apart, and an episodic learner would take every cut for
+    the end of an episode."""
+    groups: dict[object, list[Experience]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(i if row.episode_id is None else row.episode_id, []).append(row)
+    members = list(groups.values())
+    order = np.random.default_rng(seed).permutation(len(members))
+    cut = int(len(members) * holdout) if len(rows) >= 20 else 0
+    held = [row for i in order[:cut] for row in members[i]]
+    train = [row for i in order[cut:] for row in members[i]]
+    return train, held
 
 
 def _artifact(name: str, trained: Trained) -> bytes:
@@ -136,11 +152,31 @@ def load_policy(
     learner: Any = registry.get("learner", row.learner).factory
     try:
         model = learner.load(model_tensors, meta["model"])
-        encoder = FeatureEncoder.from_state(FeatureSpec.from_dict(meta["features"]), encoder_state)
     except (KeyError, RuntimeError, ValueError) as exc:
         raise PolicyError(
             f"{row.agent_id} v{row.version}: the {row.learner} learner cannot rebuild its model "
             f"from the artifact: {exc}"
+        ) from exc
+    try:
+        spec = FeatureSpec.from_dict(meta["features"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PolicyError(
+            f"{row.agent_id} v{row.version}: the artifact's feature spec is invalid: {exc}"
+        ) from exc
+    extractors: dict[str, FeatureExtractor] = {}
+    for ref in spec.extractors:
+        try:
+            extractors[ref.key] = registry.create("feature", ref.name)
+        except PluginError as exc:
+            raise PolicyError(
+                f"{row.agent_id} v{row.version} encodes context key {ref.key!r} with the "
+                f"feature plugin {ref.name!r}, which is not available: {exc}"
+            ) from exc
+    try:
+        encoder = FeatureEncoder.from_state(spec, encoder_state, extractors)
+    except (KeyError, ValueError) as exc:
+        raise PolicyError(
+            f"{row.agent_id} v{row.version}: cannot rebuild its feature encoder: {exc}"
         ) from exc
     return LearnedPolicy(
         row.version, row.learner, model, encoder, tuple(meta["actions"]), exploration
@@ -170,13 +206,29 @@ class ModelUpdater:
         self.limiter = limiter or anyio.CapacityLimiter(1)
         self.device = pick_device(config.runtime.device)
 
-    def settings(self, agent_id: str, cycle: int) -> LearnerSettings:
+    def settings(
+        self, agent_id: str, cycle: int, optimizer: tuple[float, float] | None = None
+    ) -> LearnerSettings:
+        """The learner's settings for a cycle; ``optimizer`` = (learning rate, momentum)
+        replaces the configured ones (the StrategyAdapter's learning-rate adaptation)."""
         agent = self.config.agents[agent_id]
         model = self.config.model_configuration.learning_models.get(agent.model or "")
         seed = (self.config.runtime.seed or 0) + cycle
-        return LearnerSettings.from_model(model, agent.training, seed, self.device)
+        settings = LearnerSettings.from_model(model, agent.training, seed, self.device)
+        if optimizer is None:
+            return settings
+        learning_rate, momentum = optimizer
+        optimization = settings.optimization
+        tuned = optimization.parameters.model_copy(update={"momentum": momentum, "beta1": momentum})
+        return replace(
+            settings,
+            parameters=settings.parameters.model_copy(update={"learning_rate": learning_rate}),
+            optimization=optimization.model_copy(update={"parameters": tuned}),
+        )
 
-    async def train(self, agent_id: str, cycle: int = 0) -> tuple[Trained | None, int, str]:
+    async def train(
+        self, agent_id: str, cycle: int = 0, optimizer: tuple[float, float] | None = None
+    ) -> tuple[Trained | None, int, str]:
         """Train a candidate; returns (candidate or None, usable rows, learner name)."""
         agent = self.config.agents[agent_id]
         name = learner_name(agent, self.config)
@@ -188,9 +240,12 @@ class ModelUpdater:
         if len(usable) < agent.training.min_rows:
             return None, len(usable), name
         actions = tuple(agent.actions) or tuple(sorted({row.action for row in usable}))
-        settings = self.settings(agent_id, cycle)
+        settings = self.settings(agent_id, cycle, optimizer)
         learner: Learner = self.registry.create("learner", name, settings)
-        work = partial(_train, learner, usable, actions, settings)
+        extractors = {
+            key: self.registry.create("feature", plugin) for key, plugin in agent.features.items()
+        }
+        work = partial(_train, learner, usable, actions, settings, extractors)
         trained = await anyio.to_thread.run_sync(work, limiter=self.limiter)
         return trained, len(usable), name
 
@@ -201,15 +256,18 @@ class ModelUpdater:
         trained: Trained,
         parent: int | None,
         validation: dict[str, Any],
+        passed_status: PolicyStatus = "active",
     ) -> PolicyVersion:
-        """Store a candidate with its validation report: active when it passed (every other
-        active version is retired), rejected with the reasons otherwise."""
+        """Store a candidate with its validation report. One that passed gets
+        ``passed_status``: ``active`` (every other active version is retired) or ``canary``
+        (it serves beside the active version); one that failed is rejected with the reasons."""
         artifact = _artifact(name, trained)
-        activate = bool(validation.get("passed"))
+        passed = bool(validation.get("passed"))
+        activate = passed and passed_status == "active"
         async with self.db.session() as session:
             version = await repositories.next_policy_version(session, agent_id)
-            status: PolicyStatus = "active" if activate else "rejected"
-            reason = None if activate else "; ".join(validation.get("reasons", []))[:2000]
+            status: PolicyStatus = passed_status if passed else "rejected"
+            reason = None if passed else "; ".join(validation.get("reasons", []))[:2000]
             policy = PolicyVersion(
                 agent_id=agent_id,
                 version=version,

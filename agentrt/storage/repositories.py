@@ -11,7 +11,9 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, func, select, update
+import anyio
+import orjson
+from sqlalchemy import JSON, Table, Text, cast, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -124,7 +126,13 @@ async def fetch_experience(
         rewarded_only: only decisions with at least one reward.
     """
     view = experience_view
-    query = select(view).where(view.c.agent_id == agent_id)
+    # JSON columns come back as text and everything is decoded in a worker thread: turning
+    # tens of thousands of rows into objects would otherwise stall the event loop.
+    columns = [
+        cast(column, Text).label(column.name) if column.name in _JSON_COLUMNS else column
+        for column in view.columns
+    ]
+    query = select(*columns).where(view.c.agent_id == agent_id)
     if since is not None:
         query = query.where(view.c.created_at >= since)
     if until is not None:
@@ -133,12 +141,35 @@ async def fetch_experience(
         query = query.where(view.c.feedback_count > 0)
     if limit is not None:
         newest = query.order_by(view.c.created_at.desc(), view.c.decision_id.desc()).limit(limit)
-        rows = list((await session.execute(newest)).mappings())
+        rows = [tuple(row) for row in await session.execute(newest)]
         rows.reverse()
     else:
         ordered = query.order_by(view.c.created_at, view.c.decision_id)
-        rows = list((await session.execute(ordered)).mappings())
-    return [Experience.model_validate(dict(row)) for row in rows]
+        rows = [tuple(row) for row in await session.execute(ordered)]
+    return await anyio.to_thread.run_sync(_experience_rows, rows)
+
+
+_JSON_COLUMNS = frozenset(
+    column.name for column in experience_view.columns if isinstance(column.type, JSON)
+)
+_EXPERIENCE_FIELDS = tuple(column.name for column in experience_view.columns)
+_TUPLE_FIELDS = frozenset({"actions", "probabilities"})
+
+
+def _experience_rows(rows: Sequence[tuple[Any, ...]]) -> list[Experience]:
+    """Rows of the ``experience`` view (JSON as text) as Experience objects. They were
+    validated when they were written, so they are built without validating them again."""
+    built = []
+    for row in rows:
+        fields = dict(zip(_EXPERIENCE_FIELDS, row, strict=True))
+        for name in _JSON_COLUMNS:
+            text_value = fields[name]
+            value = None if text_value is None else orjson.loads(text_value)
+            if name in _TUPLE_FIELDS and value is not None:
+                value = tuple(value)
+            fields[name] = value
+        built.append(Experience.trusted(**fields))
+    return built
 
 
 async def unrewarded_decision_ids(
@@ -256,6 +287,22 @@ async def set_policy_status(
         .values(**values)
     )
     await session.execute(statement)
+    await notify_policy_change(session, agent_id)
+
+
+# The channel runtimes LISTEN on (see agentrt.pipeline.coordination).
+POLICY_CHANNEL = "agentrt_policies"
+
+
+async def notify_policy_change(session: AsyncSession, agent_id: str) -> None:
+    """Tell listening runtimes (PostgreSQL ``NOTIFY``, sent when the transaction commits) that
+    the agent's serving versions changed; nothing on SQLite, where runtimes poll."""
+    bind = session.bind
+    if bind is not None and bind.dialect.name == "postgresql":
+        await session.execute(
+            text("SELECT pg_notify(:channel, :agent)"),
+            {"channel": POLICY_CHANNEL, "agent": agent_id},
+        )
 
 
 async def retire_active_versions(
@@ -304,3 +351,64 @@ async def record_metric(
         )
     )
     await session.flush()
+
+
+async def count_new_rewards(
+    session: AsyncSession, agent_id: str, since: datetime | None, *, limit: int
+) -> int:
+    """How many of the agent's decisions got a reward at or after ``since`` (all when None),
+    counting at most ``limit`` (the trigger only needs to know whether it reached it)."""
+    query = (
+        select(FeedbackRow.decision_id)
+        .join(DecisionRow, DecisionRow.id == FeedbackRow.decision_id)
+        .where(DecisionRow.agent_id == agent_id, FeedbackRow.kind == "reward")
+        .distinct()
+        .limit(limit)
+    )
+    if since is not None:
+        query = query.where(FeedbackRow.created_at >= since)
+    counted = select(func.count()).select_from(query.subquery())
+    return int((await session.execute(counted)).scalar_one())
+
+
+async def last_metric(session: AsyncSession, agent_id: str, name: str) -> MetricRow | None:
+    """The agent's most recent ``metrics`` row called ``name``."""
+    query = (
+        select(MetricRow)
+        .where(MetricRow.agent_id == agent_id, MetricRow.name == name)
+        .order_by(MetricRow.id.desc())
+        .limit(1)
+    )
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def policy_with_status(
+    session: AsyncSession, agent_id: str, status: PolicyStatus
+) -> PolicyVersion | None:
+    """The agent's newest version with ``status`` (e.g. its canary), or None."""
+    query = (
+        select(PolicyVersionRow)
+        .where(PolicyVersionRow.agent_id == agent_id, PolicyVersionRow.status == status)
+        .order_by(PolicyVersionRow.version.desc())
+        .limit(1)
+    )
+    row = (await session.execute(query)).scalar_one_or_none()
+    return None if row is None else _policy(row)
+
+
+async def last_strategy_update(
+    session: AsyncSession, agent_id: str, kind: str
+) -> StrategyUpdate | None:
+    """The agent's most recent ``strategy_updates`` row of ``kind``."""
+    query = (
+        select(StrategyUpdateRow)
+        .where(StrategyUpdateRow.agent_id == agent_id, StrategyUpdateRow.kind == kind)
+        .order_by(StrategyUpdateRow.id.desc())
+        .limit(1)
+    )
+    row = (await session.execute(query)).scalar_one_or_none()
+    if row is None:
+        return None
+    return StrategyUpdate.model_validate(
+        {column: getattr(row, column) for column in StrategyUpdate.model_fields}
+    )
