@@ -42,7 +42,7 @@ from typer.testing import CliRunner, Result
 from agentrt.cli import app
 from agentrt.config import AgentConfig, DatabaseConfig, load_config
 from agentrt.errors import InvalidInputError
-from agentrt.exploration import EpsilonGreedy, Softmax, Strategy
+from agentrt.exploration import EpsilonGreedy, Softmax, Strategy, UpperConfidenceBound
 from agentrt.pipeline.adapter import (
     LiveReward,
     StrategyAdapter,
@@ -225,9 +225,12 @@ async def sqlite_db(sqlite_url: str) -> AsyncIterator[Database]:
 
 
 def adapter_for(db: Database, exploration: dict[str, Any] | None = None) -> StrategyAdapter:
-    agent: dict[str, Any] = {"actions": list(ACTIONS)}
-    if exploration is not None:
-        agent["exploration"] = exploration
+    # These tests are about epsilon-greedy unless they say otherwise (a linear agent's default
+    # is UCB).
+    agent: dict[str, Any] = {
+        "actions": list(ACTIONS),
+        "exploration": exploration if exploration is not None else {"method": "epsilon_greedy"},
+    }
     return StrategyAdapter(load_config({"agents": {"router": agent}}), db)
 
 
@@ -260,6 +263,14 @@ async def test_a_reward_drop_reopens_epsilon_to_twice_the_configured(
     assert why == (
         "reward dropped from 0.8 to 0.3 at 2030-01-01T00:00:00.120000+00:00: exploration re-opened"
     )
+
+
+async def test_a_reward_drop_doubles_the_ucb_confidence(sqlite_db: Database) -> None:
+    adapter = adapter_for(sqlite_db, {"method": "ucb", "confidence": 0.5})
+    now = UpperConfidenceBound(confidence=0.5)
+    updated, why = adapter.retune("router", now, trend(alarm("decrease")), False)
+    assert updated == UpperConfidenceBound(confidence=1.0)
+    assert why is not None
 
 
 async def test_the_reason_names_the_last_drop(sqlite_db: Database) -> None:

@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 
 from agentrt.config import AgentRTConfig
 from agentrt.errors import InvalidInputError
-from agentrt.exploration import EpsilonGreedy, Softmax, Strategy
+from agentrt.exploration import EpsilonGreedy, Softmax, Strategy, UpperConfidenceBound
 from agentrt.exploration import from_config as exploration_from_config
 from agentrt.schemas import StrategyUpdate
 from agentrt.storage import repositories
@@ -198,11 +198,14 @@ def _finite_number(value: object) -> bool:
 
 
 def _reopen(current: Strategy, configured: Strategy) -> Strategy:
-    """Twice the configured exploration (epsilon or temperature), never less than now."""
+    """Twice the configured exploration (epsilon, temperature or UCB confidence), never less
+    than now."""
     if isinstance(current, EpsilonGreedy) and isinstance(configured, EpsilonGreedy):
         return replace(current, epsilon=min(1.0, max(current.epsilon, 2 * configured.epsilon)))
     if isinstance(current, Softmax) and isinstance(configured, Softmax):
         return replace(current, temperature=max(current.temperature, 2 * configured.temperature))
+    if isinstance(current, UpperConfidenceBound) and isinstance(configured, UpperConfidenceBound):
+        return replace(current, confidence=max(current.confidence, 2 * configured.confidence))
     return configured if type(current) is not type(configured) else current
 
 

@@ -20,7 +20,7 @@ import anyio
 import numpy as np
 import torch
 
-from agentrt.config import AgentConfig, AgentRTConfig
+from agentrt.config import AgentRTConfig
 from agentrt.errors import PluginError, PolicyError
 from agentrt.exploration import Strategy
 from agentrt.learning.artifacts import dump_artifact, load_artifact, sha256
@@ -36,26 +36,9 @@ from agentrt.storage import repositories
 from agentrt.storage.engine import Database
 from agentrt.types import FeatureExtractor, Learner, RewardModel
 
-__all__ = ["ModelUpdater", "Trained", "learner_name", "load_policy"]
+__all__ = ["ModelUpdater", "Trained", "load_policy"]
 
 log = get_logger(__name__)
-
-_BY_TYPE = {
-    "reinforcement_learning": "dqn",
-    "behavioral_learning": "behavior_cloning",
-}
-
-
-def learner_name(agent: AgentConfig, config: AgentRTConfig) -> str:
-    """The agent's learner: configured, else implied by its model's type, else ``linear``."""
-    if agent.learner:
-        return agent.learner
-    model = config.model_configuration.learning_models.get(agent.model or "")
-    if model is None:
-        return "linear"
-    if model.type == "contextual_bandit":
-        return "linear" if model.architecture == "linear" else "neural"
-    return _BY_TYPE[model.type]
 
 
 @dataclass
@@ -231,7 +214,7 @@ class ModelUpdater:
     ) -> tuple[Trained | None, int, str]:
         """Train a candidate; returns (candidate or None, usable rows, learner name)."""
         agent = self.config.agents[agent_id]
-        name = learner_name(agent, self.config)
+        name = self.config.learner_for(agent_id)
         async with self.db.session() as session:
             rows = await repositories.fetch_experience(
                 session, agent_id, limit=agent.training.window, rewarded_only=True
