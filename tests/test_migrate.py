@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import io
+import random
 import sqlite3
+import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +32,13 @@ from agentrt.storage.migrate import (
     upgrade,
 )
 from agentrt.storage.repositories import fetch_experience, insert_decisions, insert_feedback
-from agentrt.storage.tables import DecisionRow, FeedbackRow, metadata
+from agentrt.storage.tables import (
+    EXPERIENCE_VIEW_SQL,
+    AgentRow,
+    DecisionRow,
+    FeedbackRow,
+    metadata,
+)
 
 AGENTRT_TABLES = frozenset(metadata.tables)
 
@@ -78,6 +87,96 @@ async def _insert_experience(db: Database, agent_id: str) -> Decision:
 async def _count(db: Database, row: type[DecisionRow] | type[FeedbackRow]) -> int:
     async with db.session() as session:
         return (await session.execute(select(func.count()).select_from(row))).scalar_one()
+
+
+RULES = ("last", "sum", "mean", "max")
+# Multiples of 1/4: sums and means are exact whatever order a plan adds them in.
+REWARDS = (None, -1.5, 0.0, 0.25, 1.0, 2.75, 8.0)
+T0 = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+def _view_sql(revision: str, name: str = "EXPERIENCE_VIEW") -> str:
+    """The frozen view SQL that a migration script carries."""
+    script = _scripts().get_revision(revision)
+    assert script is not None
+    sql: str = getattr(script.module, name)
+    return sql
+
+
+def _decision(agent_id: str, mode: str) -> Decision:
+    return Decision(
+        agent_id=agent_id,
+        action="a",
+        action_index=0,
+        actions=("a", "b"),
+        mode=mode,
+        created_at=T0,
+    )
+
+
+def _new_id(rng: random.Random) -> uuid.UUID:
+    return uuid.UUID(int=rng.getrandbits(128), version=4)
+
+
+async def _fill_random(db: Database, seed: int, decisions: int = 150) -> None:
+    """Decisions of an agent per reward rule (and of one with no `agents` row, which combines
+    by "last"), in every mode, with 0-4 rewards from a few timestamps (so ties in created_at
+    go by id), NULL rewards and outcomes, activations (also of non-deferred decisions, which
+    the view ignores) and orphan feedback."""
+    rng = random.Random(seed)
+    rows: list[Decision] = []
+    feedback: list[Feedback] = []
+    for _ in range(decisions):
+        decision = Decision(
+            id=_new_id(rng),
+            agent_id=rng.choice((*RULES, "unregistered")),
+            action="a",
+            action_index=0,
+            actions=("a", "b"),
+            context={"x": rng.randrange(3)},
+            propensity=0.5,
+            policy_version=rng.choice((None, 1, 2)),
+            mode=rng.choice(("live", "live", "shadow", "deferred")),
+            created_at=T0 + timedelta(seconds=rng.randrange(40)),
+        )
+        rows.append(decision)
+        for _ in range(rng.choice((0, 1, 1, 2, 3, 4))):
+            feedback.append(
+                Feedback(
+                    id=_new_id(rng),
+                    decision_id=decision.id,
+                    reward=rng.choice(REWARDS),
+                    outcome=rng.choice((None, {"n": rng.randrange(100)})),
+                    created_at=decision.created_at + timedelta(seconds=rng.choice((1, 2, 2, 3))),
+                )
+            )
+        for _ in range(rng.choice((0, 0, 1, 2))):
+            feedback.append(
+                Feedback(
+                    id=_new_id(rng),
+                    decision_id=decision.id,
+                    kind="activation",
+                    created_at=decision.created_at + timedelta(seconds=rng.randrange(1, 4)),
+                )
+            )
+    orphan = Feedback(id=_new_id(rng), decision_id=_new_id(rng), reward=1.0, created_at=T0)
+    async with db.session() as session:
+        session.add_all(AgentRow(agent_id=rule, reward_combine=rule, config={}) for rule in RULES)
+        await insert_decisions(session, rows)
+        await insert_feedback(session, [*feedback, orphan])
+
+
+async def _view_rows(db: Database, view: str = "experience") -> list[dict[str, Any]]:
+    """Every row of a view as the driver returns it (no type conversion), by decision id."""
+    async with db.connect() as connection:
+        result = await connection.execute(text(f"SELECT * FROM {view} ORDER BY decision_id"))
+        return [dict(row) for row in result.mappings()]
+
+
+def _view_columns(connection: Connection, view: str) -> list[tuple[str, str]]:
+    return [
+        (column["name"], str(column["type"])) for column in inspect(connection).get_columns(view)
+    ]
 
 
 def _autogenerate_diff(connection: Connection) -> list[Any]:
@@ -138,6 +237,23 @@ def test_offline_mode_renders_the_whole_schema_as_sql(url: str, dialect_sql: str
     assert dialect_sql in sql
     assert "CREATE VIEW experience" in sql
     assert f"'{head_revision()}'" in sql
+
+
+def test_the_newest_migration_of_the_view_applies_the_models_view_sql() -> None:
+    # The package queries the view of tables.EXPERIENCE_VIEW_SQL; the database has the one
+    # that the newest migration creating the view froze. They must be the same text.
+    creating = [
+        script
+        for script in _scripts().walk_revisions()
+        if hasattr(script.module, "EXPERIENCE_VIEW")
+    ]
+
+    assert creating[0].module.EXPERIENCE_VIEW == EXPERIENCE_VIEW_SQL
+
+
+def test_0002_downgrade_restores_the_0001_view_exactly() -> None:
+    assert _view_sql("0002", "PREVIOUS_EXPERIENCE_VIEW") == _view_sql("0001")
+    assert _view_sql("0002") == EXPERIENCE_VIEW_SQL != _view_sql("0001")
 
 
 def test_alembic_command_line_path_migrates_through_its_own_engine(sqlite_url: str) -> None:
@@ -207,6 +323,98 @@ async def test_upgrade_downgrade_upgrade_with_data_present(empty_db: Database) -
     assert [item.decision_id for item in experience] == [decision.id]
     assert experience[0].reward == 3.0  # the default combine rule keeps the last reward
     assert experience[0].feedback_count == 2
+
+
+async def test_experience_written_before_0002_reads_the_same_through_it(
+    empty_db: Database,
+) -> None:
+    await upgrade(empty_db, "0001")
+    await _fill_random(empty_db, seed=1)
+    before = await _view_rows(empty_db)
+    assert len(before) == 150
+
+    await upgrade(empty_db, "0002")
+    assert await _view_rows(empty_db) == before
+
+    # And back: 0002's downgrade restores the 0001 view, and a second upgrade changes nothing.
+    await downgrade(empty_db, "0001")
+    assert await _view_rows(empty_db) == before
+    await upgrade(empty_db, "0002")
+    assert await _view_rows(empty_db) == before
+    assert await current_revision(empty_db) == "0002"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+async def test_experience_view_matches_the_0001_view_on_random_experience(
+    database: Database, seed: int
+) -> None:
+    old_view = _view_sql("0001").replace(
+        "CREATE VIEW experience AS", "CREATE VIEW experience_0001 AS", 1
+    )
+    async with database.connect() as connection:
+        await connection.execute(text(old_view))
+    await _fill_random(database, seed, decisions=300)
+
+    rows = await _view_rows(database)
+    async with database.connect() as connection:
+        columns = await connection.run_sync(_view_columns, "experience")
+        old_columns = await connection.run_sync(_view_columns, "experience_0001")
+
+    assert len(rows) == 300
+    assert rows == await _view_rows(database, "experience_0001")
+    assert columns == old_columns
+
+
+async def test_experience_view_combines_rewards_by_each_agents_rule(database: Database) -> None:
+    # Three rewards (id, seconds, reward), the last two at the same instant: "last" is the
+    # one with the larger id. Every rule (and every wrong tie-break) gives another value.
+    rewards = ((3, 1, 0.5), (1, 2, 4.0), (2, 2, 1.5))
+    decisions = {rule: _decision(rule, "live") for rule in RULES}
+    feedback = [
+        Feedback(
+            id=uuid.UUID(int=16 * index + n, version=4),
+            decision_id=decision.id,
+            reward=value,
+            outcome={"n": n},
+            created_at=T0 + timedelta(seconds=seconds),
+        )
+        for index, decision in enumerate(decisions.values())
+        for n, seconds, value in rewards
+    ]
+    activated, waiting, live = (
+        _decision("last", mode) for mode in ("deferred", "deferred", "live")
+    )
+    for decision, seconds in ((activated, 5), (activated, 3), (live, 4)):
+        feedback.append(
+            Feedback(
+                decision_id=decision.id,
+                kind="activation",
+                created_at=T0 + timedelta(seconds=seconds),
+            )
+        )
+    async with database.session() as session:
+        session.add_all(AgentRow(agent_id=rule, reward_combine=rule, config={}) for rule in RULES)
+        await insert_decisions(session, [*decisions.values(), activated, waiting, live])
+        await insert_feedback(session, feedback)
+    async with database.session() as session:
+        found = {
+            agent: {row.decision_id: row for row in await fetch_experience(session, agent)}
+            for agent in RULES
+        }
+
+    expected = {"last": 1.5, "sum": 6.0, "mean": 2.0, "max": 4.0}
+    for rule, decision in decisions.items():
+        row = found[rule][decision.id]
+        assert (row.reward, row.feedback_count) == (expected[rule], 3)
+        assert row.outcome == {"n": 2}
+        assert row.rewarded_at == T0 + timedelta(seconds=2)
+        assert row.activated_at == decision.created_at
+    unrewarded = found["last"][activated.id]
+    assert (unrewarded.reward, unrewarded.outcome, unrewarded.rewarded_at) == (None, None, None)
+    assert unrewarded.feedback_count == 0
+    assert unrewarded.activated_at == T0 + timedelta(seconds=3)  # the first activation
+    assert found["last"][waiting.id].activated_at is None
+    assert found["last"][live.id].activated_at == live.created_at
 
 
 async def test_downgrade_to_base_leaves_no_agentrt_objects(empty_db: Database) -> None:

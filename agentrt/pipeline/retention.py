@@ -59,10 +59,8 @@ from sqlalchemy import (
     Float,
     Integer,
     Select,
-    SQLColumnExpression,
     Text,
     and_,
-    case,
     cast,
     delete,
     func,
@@ -77,7 +75,6 @@ from agentrt.errors import AgentRTError, InvalidInputError, StorageError
 from agentrt.log import get_logger
 from agentrt.storage.engine import Database
 from agentrt.storage.tables import (
-    AgentRow,
     DecisionRow,
     EpisodeRow,
     FeedbackRow,
@@ -354,90 +351,18 @@ async def _delete_ids(
 
 
 def _experience_of(decision_ids: Sequence[uuid.UUID]) -> Select[Any]:
-    """The ``experience`` view's rows of these decisions (JSON columns as JSON text).
-
-    This is the view's definition (``EXPERIENCE_VIEW_SQL``) with every feedback scan
-    restricted to the batch: selecting from the view itself aggregates all the feedback of
-    the database for every batch, which makes a large prune quadratic. The retention tests
-    compare the two on every reward rule.
-    """
-    d, f, a = DecisionRow, FeedbackRow, AgentRow
-    rewards_of_batch = and_(f.kind == "reward", f.decision_id.in_(decision_ids))
-    rewards = (
-        select(
-            f.decision_id,
-            func.count().label("feedback_count"),
-            func.sum(f.reward).label("reward_sum"),
-            func.avg(f.reward).label("reward_mean"),
-            func.max(f.reward).label("reward_max"),
-            func.max(f.created_at).label("rewarded_at"),
-        )
-        .where(rewards_of_batch)
-        .group_by(f.decision_id)
-        .subquery("rewards")
-    )
-    newest_first = (f.created_at.desc(), f.id.desc())
-    ranked = (
-        select(
-            f.decision_id,
-            f.reward,
-            f.outcome,
-            func.row_number().over(partition_by=f.decision_id, order_by=newest_first).label("rn"),
-        )
-        .where(rewards_of_batch)
-        .subquery("ranked")
-    )
-    activations = (
-        select(f.decision_id, func.min(f.created_at).label("activated_at"))
-        .where(f.kind == "activation", f.decision_id.in_(decision_ids))
-        .group_by(f.decision_id)
-        .subquery("activations")
-    )
-    combine = func.coalesce(a.reward_combine, "last")
-    values: dict[str, SQLColumnExpression[Any]] = {
-        "decision_id": d.id,
-        "agent_id": d.agent_id,
-        "episode_id": d.episode_id,
-        "step": d.step,
-        "created_at": d.created_at,
-        "mode": d.mode,
-        "context": d.context,
-        "actions": d.actions,
-        "action": d.action,
-        "action_index": d.action_index,
-        "propensity": d.propensity,
-        "probabilities": d.probabilities,
-        "policy_version": d.policy_version,
-        "exploration": d.exploration,
-        "policy_action": d.policy_action,
-        "reward": case(
-            (combine == "sum", rewards.c.reward_sum),
-            (combine == "mean", rewards.c.reward_mean),
-            (combine == "max", rewards.c.reward_max),
-            else_=ranked.c.reward,
-        ),
-        "outcome": ranked.c.outcome,
-        "feedback_count": func.coalesce(rewards.c.feedback_count, 0),
-        "rewarded_at": rewards.c.rewarded_at,
-        "activated_at": case(
-            (d.mode == "deferred", activations.c.activated_at), else_=d.created_at
-        ),
-    }
+    """The ``experience`` view's rows of these decisions, oldest first (JSON columns as JSON
+    text). The view reads the feedback of the selected decisions only, so a batch costs what
+    its own rows cost however large the database is."""
+    view = experience_view
     columns = [
-        (cast(values[name], Text) if name in _JSON_COLUMNS else values[name]).label(name)
-        for name in EXPERIENCE_COLUMNS
+        cast(column, Text).label(column.name) if column.name in _JSON_COLUMNS else column
+        for column in view.columns
     ]
-    joined = (
-        DecisionRow.__table__.outerjoin(rewards, rewards.c.decision_id == d.id)
-        .outerjoin(ranked, and_(ranked.c.decision_id == d.id, ranked.c.rn == 1))
-        .outerjoin(activations, activations.c.decision_id == d.id)
-        .outerjoin(AgentRow.__table__, a.agent_id == d.agent_id)
-    )
     return (
         select(*columns)
-        .select_from(joined)
-        .where(d.id.in_(decision_ids))
-        .order_by(d.created_at, d.id)
+        .where(view.c.decision_id.in_(decision_ids))
+        .order_by(view.c.created_at, view.c.decision_id)
     )
 
 

@@ -301,35 +301,18 @@ experience_view = Table(
 # One row per decision with its combined reward. The combination rule is the agent's
 # `reward.combine` (stored in `agents`); `activated_at` is NULL for a deferred decision that
 # the application has not activated yet; `propensity` is NULL where it is unknown.
+#
+# Each feedback value is a correlated subquery on the index feedback(decision_id, created_at),
+# so a query reads the feedback of the rows it returns and no other: a filter (agent, decision
+# ids, time) or an ORDER BY ... LIMIT on the view costs what its rows cost, on both SQLite and
+# PostgreSQL. (Joining decisions to aggregates of the whole feedback table, as revision 0001
+# did, aggregated all of it for any query; LATERAL would suit PostgreSQL, but SQLite has none.)
+# The reward is one subquery for "last" (the newest reward by created_at, then id, as for
+# `outcome`) and one for the aggregate rules, because PostgreSQL evaluates, and JIT-compiles,
+# every subquery of the expression wherever a query mentions `reward`. This text is frozen in
+# migration 0002: change it only together with a new migration.
 EXPERIENCE_VIEW_SQL = """
 CREATE VIEW experience AS
-WITH rewards AS (
-    SELECT decision_id,
-           COUNT(*) AS feedback_count,
-           SUM(reward) AS reward_sum,
-           AVG(reward) AS reward_mean,
-           MAX(reward) AS reward_max,
-           MAX(created_at) AS rewarded_at
-    FROM feedback
-    WHERE kind = 'reward'
-    GROUP BY decision_id
-),
-latest AS (
-    SELECT decision_id, reward, outcome
-    FROM (
-        SELECT decision_id, reward, outcome,
-               ROW_NUMBER() OVER (PARTITION BY decision_id ORDER BY created_at DESC, id DESC) AS rn
-        FROM feedback
-        WHERE kind = 'reward'
-    ) ranked
-    WHERE rn = 1
-),
-activations AS (
-    SELECT decision_id, MIN(created_at) AS activated_at
-    FROM feedback
-    WHERE kind = 'activation'
-    GROUP BY decision_id
-)
 SELECT d.id AS decision_id,
        d.agent_id,
        d.episode_id,
@@ -345,19 +328,30 @@ SELECT d.id AS decision_id,
        d.policy_version,
        d.exploration,
        d.policy_action,
-       CASE COALESCE(a.reward_combine, 'last')
-           WHEN 'sum' THEN r.reward_sum
-           WHEN 'mean' THEN r.reward_mean
-           WHEN 'max' THEN r.reward_max
-           ELSE l.reward
+       CASE WHEN COALESCE(a.reward_combine, 'last') IN ('sum', 'mean', 'max')
+           THEN (SELECT CASE a.reward_combine
+                            WHEN 'sum' THEN SUM(f.reward)
+                            WHEN 'mean' THEN AVG(f.reward)
+                            ELSE MAX(f.reward)
+                        END
+                 FROM feedback f
+                 WHERE f.decision_id = d.id AND f.kind = 'reward')
+           ELSE (SELECT f.reward FROM feedback f
+                 WHERE f.decision_id = d.id AND f.kind = 'reward'
+                 ORDER BY f.created_at DESC, f.id DESC LIMIT 1)
        END AS reward,
-       l.outcome,
-       COALESCE(r.feedback_count, 0) AS feedback_count,
-       r.rewarded_at,
-       CASE WHEN d.mode = 'deferred' THEN act.activated_at ELSE d.created_at END AS activated_at
+       (SELECT f.outcome FROM feedback f
+        WHERE f.decision_id = d.id AND f.kind = 'reward'
+        ORDER BY f.created_at DESC, f.id DESC LIMIT 1) AS outcome,
+       (SELECT COUNT(*) FROM feedback f
+        WHERE f.decision_id = d.id AND f.kind = 'reward') AS feedback_count,
+       (SELECT MAX(f.created_at) FROM feedback f
+        WHERE f.decision_id = d.id AND f.kind = 'reward') AS rewarded_at,
+       CASE WHEN d.mode = 'deferred'
+           THEN (SELECT MIN(f.created_at) FROM feedback f
+                 WHERE f.decision_id = d.id AND f.kind = 'activation')
+           ELSE d.created_at
+       END AS activated_at
 FROM decisions d
-LEFT JOIN rewards r ON r.decision_id = d.id
-LEFT JOIN latest l ON l.decision_id = d.id
-LEFT JOIN activations act ON act.decision_id = d.id
 LEFT JOIN agents a ON a.agent_id = d.agent_id
 """
