@@ -495,6 +495,15 @@ def test_demo_fast(tmp_path: Path) -> None:
     assert count_rows(database, "feedback") == decisions
     assert count_rows(database, "episodes") == 180
     assert "summary per agent" in result.stdout
+    # Learned versions earn more than the baseline (policy_version NULL) for every agent.
+    query = (
+        "SELECT agent_id, AVG(CASE WHEN policy_version IS NULL THEN reward END), "
+        "AVG(CASE WHEN policy_version IS NOT NULL THEN reward END) FROM experience "
+        "WHERE agent_id IN ('router', 'prompt') GROUP BY agent_id"
+    )
+    with contextlib.closing(sqlite3.connect(database)) as connection:
+        for agent, baseline, learned in connection.execute(query):
+            assert learned > baseline + 0.05, agent
     # The report: one self-contained HTML file and the PNG charts of every agent.
     html = (out / "report" / "report.html").read_text()
     for agent in ("router", "prompt", "navigator"):

@@ -15,6 +15,7 @@ Every change is a ``strategy_updates`` row with the strategy before and after an
 from __future__ import annotations
 
 import math
+import sqlite3
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -50,18 +51,26 @@ async def live_rewards(
     """Count, mean and variance of the rewards of the live decisions each version served
     (decided at or after ``since`` when given)."""
     view = experience_view
-    query = (
-        select(
-            view.c.policy_version,
-            func.count(view.c.reward),
-            func.avg(view.c.reward),
-            func.avg(view.c.reward * view.c.reward),
-        )
-        .where(view.c.agent_id == agent_id, view.c.mode == "live", view.c.reward.is_not(None))
-        .group_by(view.c.policy_version)
+    live = select(view.c.policy_version, view.c.reward).where(
+        view.c.agent_id == agent_id, view.c.mode == "live"
     )
     if since is not None:
-        query = query.where(view.c.created_at >= since)
+        live = live.where(view.c.created_at >= since)
+    # Read each reward once: the view computes it per row with a subquery, which the
+    # aggregates below would otherwise evaluate again for every use.
+    rows = live.cte("live_rewards")
+    if db.dialect == "postgresql" or sqlite3.sqlite_version_info >= (3, 35):
+        rows = rows.prefix_with("MATERIALIZED")
+    query = (
+        select(
+            rows.c.policy_version,
+            func.count(rows.c.reward),
+            func.avg(rows.c.reward),
+            func.avg(rows.c.reward * rows.c.reward),
+        )
+        .where(rows.c.reward.is_not(None))
+        .group_by(rows.c.policy_version)
+    )
     found: dict[int | None, LiveReward] = {}
     async with db.session() as session:
         for version, count, mean, square in await session.execute(query):

@@ -164,7 +164,8 @@ def _create_engine(config: DatabaseConfig) -> AsyncEngine:
         max_overflow=config.max_overflow,
         pool_timeout=config.pool_timeout.total_seconds(),
         pool_pre_ping=True,
-        connect_args={"server_settings": {"application_name": "agentrt"}},
+        # JIT compilation costs more than it saves on the experience view's per-row subqueries.
+        connect_args={"server_settings": {"application_name": "agentrt", "jit": "off"}},
         **options,
     )
 
