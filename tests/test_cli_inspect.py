@@ -34,7 +34,7 @@ from agentrt.cli.versions import validation_summary
 from agentrt.clock import utcnow
 from agentrt.config import AgentConfig, DatabaseConfig, load_config
 from agentrt.errors import StorageError
-from agentrt.schemas import Decision, Feedback, PolicyVersion, StrategyUpdate
+from agentrt.schemas import Decision, Feedback, Knowledge, PolicyVersion, StrategyUpdate
 from agentrt.storage import repositories
 from agentrt.storage.engine import Database
 from agentrt.storage.migrate import ensure_schema
@@ -210,6 +210,15 @@ async def seeded(database: Database, tmp_path: Path) -> Seeded:
         ]
         for version in versions:
             await repositories.store_policy_version(session, version)
+        health = {
+            "normalized_entropy": 0.87,
+            "coverage": 1.0,
+            "min_propensity": 0.0333,
+            "reward_staleness_seconds": 12.0,
+        }
+        await repositories.insert_knowledge(
+            session, [Knowledge(agent_id="router", kind="exploration_health", payload=health)]
+        )
         for status in ("activated", "rejected"):
             await repositories.record_metric(
                 session,
@@ -551,14 +560,29 @@ def _status_fields(output: str) -> dict[str, dict[str, str]]:
     return agents
 
 
+async def _store_canary(url: str) -> None:
+    db = Database(DatabaseConfig(url=url))
+    try:
+        async with db.session() as session:
+            canary = _version(4, "canary", {"passed": True}, parent_version=2)
+            await repositories.store_policy_version(session, canary)
+    finally:
+        await db.dispose()
+
+
 @pytest.mark.usefixtures("anyio_backend")
 def test_status_of_each_configured_agent(seeded: Seeded) -> None:
+    anyio.run(_store_canary, seeded.url)
     result = invoke("status", "--config", seeded.config)
     assert result.exit_code == 0, result.output
     agents = _status_fields(result.stdout)
     assert set(agents) == {"router", "helper"}
     router = agents["router"]
     assert router["policy"] == "v2 (linear)"
+    assert router["canary"] == "v4 (linear), 10% of decisions"
+    assert router["exploration health"] == (
+        "entropy 0.87 of 1, coverage 100%, min propensity 0.0333, reward staleness 12 s"
+    )
     assert router["decisions"] == "3 (1h) · 7 (24h) · 12 (all)"
     assert router["rewarded"] == "9 of 12 (75.0%)"
     rewards = [reward for _, reward in ROUTER if reward is not None]
@@ -569,6 +593,8 @@ def test_status_of_each_configured_agent(seeded: Seeded) -> None:
     helper = agents["helper"]
     assert helper == {
         "policy": "baseline",
+        "canary": "-",
+        "exploration health": "-",
         "decisions": "2 (1h) · 2 (24h) · 2 (all)",
         "rewarded": "0 of 2 (0.0%)",
         "mean reward": "-",
@@ -585,6 +611,8 @@ def test_status_on_an_empty_database(db_url: str, tmp_path: Path) -> None:
     assert _status_fields(result.stdout) == {
         "router": {
             "policy": "baseline",
+            "canary": "-",
+            "exploration health": "-",
             "decisions": "0 (1h) · 0 (24h) · 0 (all)",
             "rewarded": "0 of 0",
             "mean reward": "-",

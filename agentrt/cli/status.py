@@ -24,6 +24,7 @@ from agentrt.storage.tables import (
     AgentRow,
     DecisionRow,
     FeedbackRow,
+    KnowledgeRow,
     MetricRow,
     StrategyUpdateRow,
     experience_view,
@@ -47,11 +48,13 @@ class AgentStatus(NamedTuple):
     previous: list[float]  # rewards of the WINDOW before those
     last_cycle: tuple[datetime, str] | None  # when, and its status
     last_strategy_update: tuple[datetime, str] | None  # when, and its kind
+    canary: str | None = None  # "v4 (linear), 10% of decisions"
+    exploration: dict[str, Any] | None = None  # the newest exploration_health knowledge
 
 
 @handle_errors
 def status(config: ConfigOption = DEFAULT_CONFIG) -> None:
-    """Per agent: serving version, decisions, rewarded share, reward trend, last learning cycle.
+    """Per agent: serving version and canary, decisions, reward trend, exploration, last cycle.
 
     Mean reward: the last 1000 rewarded decisions, with ↑ ↓ → against the 1000 before them.
 
@@ -87,9 +90,11 @@ def _table(item: AgentStatus) -> Table:
     cycle, update = item.last_cycle, item.last_strategy_update
     rows = [
         ("policy", item.active),
+        ("canary", item.canary or "-"),
         ("decisions", f"{item.last_hour} (1h) · {item.last_day} (24h) · {total} (all)"),
         ("rewarded", f"{item.rewarded} of {total}{share}"),
         ("mean reward", _mean_reward(item.recent, item.previous)),
+        ("exploration health", _exploration(item.exploration)),
         ("last learning cycle", "-" if cycle is None else f"{cycle[1]}, {format_time(cycle[0])}"),
         (
             "last strategy update",
@@ -99,6 +104,26 @@ def _table(item: AgentStatus) -> Table:
     for field, value in rows:
         table.add_row(field, Text(value))
     return table
+
+
+def _exploration(health: dict[str, Any] | None) -> str:
+    """Entropy, coverage and the lowest propensity of the newest extraction window."""
+    if not health:
+        return "-"
+    parts = []
+    entropy = health.get("normalized_entropy")
+    if isinstance(entropy, int | float):
+        parts.append(f"entropy {entropy:.2f} of 1")
+    coverage = health.get("coverage")
+    if isinstance(coverage, int | float):
+        parts.append(f"coverage {coverage:.0%}")
+    lowest = health.get("min_propensity")
+    if isinstance(lowest, int | float):
+        parts.append(f"min propensity {lowest:.3g}")
+    stale = health.get("reward_staleness_seconds")
+    if isinstance(stale, int | float):
+        parts.append(f"reward staleness {stale:.0f} s")
+    return ", ".join(parts) or "-"
 
 
 def _mean_reward(recent: Sequence[float], previous: Sequence[float]) -> str:
@@ -161,6 +186,15 @@ async def agent_status(session: AsyncSession, agent_id: str, now: datetime) -> A
     )
     rewards = [float(value) for value in (await session.execute(rewards_query)).scalars()]
     active = await repositories.active_policy_version(session, agent_id)
+    canary = await repositories.policy_with_status(session, agent_id, "canary")
+    fraction = await session.scalar(select(AgentRow.config).where(AgentRow.agent_id == agent_id))
+    share = ((fraction or {}).get("rollout") or {}).get("fraction")
+    health = await session.scalar(
+        select(KnowledgeRow.payload)
+        .where(KnowledgeRow.agent_id == agent_id, KnowledgeRow.kind == "exploration_health")
+        .order_by(KnowledgeRow.id.desc())
+        .limit(1)
+    )
     return AgentStatus(
         agent_id=agent_id,
         active="baseline" if active is None else f"v{active.version} ({active.learner})",
@@ -172,6 +206,11 @@ async def agent_status(session: AsyncSession, agent_id: str, now: datetime) -> A
         previous=rewards[WINDOW:],
         last_cycle=await _last_cycle(session, agent_id),
         last_strategy_update=await _last_strategy_update(session, agent_id),
+        canary=None
+        if canary is None
+        else f"v{canary.version} ({canary.learner})"
+        + (f", {share:.0%} of decisions" if isinstance(share, int | float) else ""),
+        exploration=health,
     )
 
 
