@@ -58,6 +58,41 @@ def _mix(greedy: Vector, mask: Mask, floor: float) -> Vector:
     return normalised
 
 
+# -- every action allowed, every score finite ---------------------------------------------
+# The common decide(): no mask, and the model scores every action. These give exactly the
+# numbers of the masked forms above (the same float operations in the same order) with fewer
+# small numpy calls: the masks are all true, so the uniform share is one number and the
+# greedy split is done on Python floats.
+
+
+def _plain(scores: Vector, allowed: Mask | None) -> list[float] | None:
+    """The scores as Python floats when no action is masked out and every score is a finite
+    float64; None when the masked forms must decide."""
+    if allowed is not None or scores.dtype != np.float64 or scores.ndim != 1:
+        return None
+    listed: list[float] = scores.tolist()
+    return listed if listed and all(map(math.isfinite, listed)) else None
+
+
+def _mix_plain(greedy: Vector, floor: float) -> Vector:
+    """``_mix(greedy, mask, floor)`` with every action allowed."""
+    out: Vector = (1.0 - floor) * greedy + floor * (1.0 / greedy.shape[0])
+    normalised: Vector = out / out.sum()
+    return normalised
+
+
+def _greedy_mix_plain(values: list[float], floor: float) -> Vector:
+    """``_mix(_greedy(values, mask), mask, floor)`` with every action allowed."""
+    best = max(values) - _TIE
+    winners = [value >= best for value in values]
+    share = 1.0 / winners.count(True)
+    keep = 1.0 - floor
+    uniform = floor * (1.0 / len(values))
+    out = np.array([keep * (share if winner else 0.0) + uniform for winner in winners])
+    normalised: Vector = out / out.sum()
+    return normalised
+
+
 @dataclass(frozen=True)
 class EpsilonGreedy:
     """With probability ``epsilon`` a uniformly random allowed action, else the best one."""
@@ -70,6 +105,9 @@ class EpsilonGreedy:
     def probabilities(
         self, scores: Vector, allowed: Mask | None = None, uncertainty: Vector | None = None
     ) -> Vector:
+        plain = _plain(scores, allowed)
+        if plain is not None:
+            return _greedy_mix_plain(plain, self.epsilon)
         mask = _allowed(scores, allowed)
         return _mix(_greedy(scores, mask), mask, self.epsilon)
 
@@ -92,6 +130,10 @@ class Softmax:
     def probabilities(
         self, scores: Vector, allowed: Mask | None = None, uncertainty: Vector | None = None
     ) -> Vector:
+        if _plain(scores, allowed) is not None:
+            logits = scores / self.temperature
+            weights = np.exp(logits - np.max(logits))
+            return _mix_plain(weights / weights.sum(), self.floor)
         mask = _allowed(scores, allowed)
         logits = np.where(mask, scores / self.temperature, -np.inf)
         weights = np.exp(logits - np.max(logits[mask]))
@@ -117,9 +159,15 @@ class UpperConfidenceBound:
     def probabilities(
         self, scores: Vector, allowed: Mask | None = None, uncertainty: Vector | None = None
     ) -> Vector:
-        mask = _allowed(scores, allowed)
+        mask = None if _plain(scores, allowed) is not None else _allowed(scores, allowed)
         bonus = np.zeros_like(scores) if uncertainty is None else uncertainty
-        return _mix(_greedy(scores + self.confidence * bonus, mask), mask, self.floor)
+        values = scores + self.confidence * bonus
+        if mask is None:
+            plain = _plain(values, None)  # a bonus may still be NaN or infinite
+            if plain is not None:
+                return _greedy_mix_plain(plain, self.floor)
+            mask = _allowed(scores, None)
+        return _mix(_greedy(values, mask), mask, self.floor)
 
     @staticmethod
     def count_bonus(counts: Vector) -> Vector:
@@ -151,6 +199,12 @@ class ThompsonSampling:
     def probabilities(
         self, scores: Vector, allowed: Mask | None = None, uncertainty: Vector | None = None
     ) -> Vector:
+        plain = _plain(scores, allowed)
+        if plain is not None and (
+            uncertainty is None
+            or (uncertainty.shape == scores.shape and not np.any(uncertainty > 0))
+        ):
+            return _greedy_mix_plain(plain, self.floor)
         mask = _allowed(scores, allowed)
         if uncertainty is None or not np.any(uncertainty[mask] > 0):
             return _mix(_greedy(scores, mask), mask, self.floor)

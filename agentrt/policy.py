@@ -6,10 +6,11 @@ decision logs the exact probability of the action it took (its propensity).
 
 from __future__ import annotations
 
+import math
 import random
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -25,6 +26,8 @@ __all__ = ["BaselinePolicy", "Choice", "LearnedPolicy"]
 
 # Open episodes whose step history a sequence model keeps; the oldest is forgotten beyond.
 MAX_OPEN_EPISODES = 10_000
+# Offered action sets whose model columns a policy remembers (cleared beyond).
+_MAX_ACTION_SETS = 256
 
 
 class Choice(NamedTuple):
@@ -100,6 +103,8 @@ class LearnedPolicy:
         self.actions = actions
         self.exploration = exploration
         self._index = {action: i for i, action in enumerate(actions)}
+        # The model's column of each offered action, by offered action set.
+        self._columns: dict[tuple[str, ...], list[int]] = {}
         self._sequence = isinstance(model, SequenceModel) and model.history > 1
         # Per open episode, the encoded contexts of its latest decisions (sequence models).
         self._histories: OrderedDict[uuid.UUID, deque[npt.NDArray[np.float32]]] = OrderedDict()
@@ -147,31 +152,41 @@ class LearnedPolicy:
 
         ``episode_id`` lets a sequence model see the episode's earlier steps.
         """
+        columns = self._columns.get(actions) or self._columns_of(actions)
+        means, stds = self._predict(self.encoder.encode(context), episode_id)
+        if actions == self.actions and means.shape[1] == len(actions):
+            scores, spread = means[0], None if stds is None else stds[0]  # views, no copies
+        else:
+            scores, spread = means[0, columns], None if stds is None else stds[0, columns]
+        mask = None
+        # A mask that allows every offered action is no mask (exploration's fast path).
+        if allowed is not None and not (len(allowed) == len(actions) and all(allowed)):
+            mask = np.array(allowed, dtype=bool)
+        probabilities: list[float] = self.exploration.probabilities(scores, mask, spread).tolist()
+        total = sum(probabilities)  # not finite when any probability is not
+        if not (math.isfinite(total) and abs(total - 1.0) < 1e-6):
+            raise PolicyError(f"policy v{self.version} produced invalid probabilities")
+        return Choice(
+            _draw(probabilities, rng),
+            tuple(probabilities),
+            self.version,
+            self.exploration.describe(),
+        )
+
+    def _columns_of(self, actions: tuple[str, ...]) -> list[int]:
         unknown = [action for action in actions if action not in self._index]
         if unknown:
             raise PolicyError(
                 f"policy v{self.version} does not know action(s) {', '.join(unknown)}"
             )
         columns = [self._index[action] for action in actions]
-        means, stds = self._predict(self.encoder.encode(context), episode_id)
-        scores = means[0, columns]
-        spread = None if stds is None else stds[0, columns]
-        mask = None if allowed is None else np.array(allowed, dtype=bool)
-        probabilities = self.exploration.probabilities(scores, mask, spread)
-        if not (
-            np.all(np.isfinite(probabilities)) and abs(float(probabilities.sum()) - 1.0) < 1e-6
-        ):
-            raise PolicyError(f"policy v{self.version} produced invalid probabilities")
-        index = _draw(probabilities, rng)
-        return Choice(
-            index,
-            tuple(float(p) for p in probabilities),
-            self.version,
-            self.exploration.describe(),
-        )
+        if len(self._columns) >= _MAX_ACTION_SETS:
+            self._columns.clear()
+        self._columns[actions] = columns
+        return columns
 
 
-def _draw(probabilities: npt.NDArray[np.float64], rng: random.Random) -> int:
+def _draw(probabilities: Sequence[float] | npt.NDArray[np.float64], rng: random.Random) -> int:
     u = rng.random()
     cumulative = 0.0
     last = 0

@@ -11,6 +11,8 @@ import importlib
 import importlib.util
 import math
 import random
+import warnings
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -319,6 +321,73 @@ def test_each_strategy_is_a_registered_plugin() -> None:
     for plugin in plugins:
         assert registry.get("exploration", plugin.name).factory is plugin.factory
         assert plugin.factory().name == plugin.name
+
+
+# -- every action allowed: the fast path gives the masked path's numbers --------------------
+
+any_strategy = st.one_of(
+    st.builds(EpsilonGreedy, epsilon=st.floats(0, 1)),
+    st.builds(Softmax, temperature=st.sampled_from([0.01, 0.5, 1.0, 10.0]), floor=st.floats(0, 1)),
+    st.builds(UpperConfidenceBound, confidence=st.floats(0, 3), floor=st.floats(0, 1)),
+    st.builds(ThompsonSampling, samples=st.just(64), floor=st.floats(0, 1)),
+)
+any_score = st.one_of(
+    st.floats(-10, 10),
+    st.floats(),
+    st.sampled_from([0.0, -0.0, 1.0, 1.0 - 1e-13, math.nan, math.inf, -math.inf]),
+)
+any_spread = st.one_of(st.floats(0, 3), st.sampled_from([0.0, -1.0, math.nan, math.inf]))
+
+
+def outcome(
+    strategy: Strategy, scores: Vector, allowed: Mask | None, uncertainty: Vector | None
+) -> tuple[tuple[object, ...], list[str]]:
+    """One call's probabilities as bytes (or its error), and the warnings it gave."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result = strategy.probabilities(scores, allowed, uncertainty)
+            answer: tuple[object, ...] = ("ok", result.dtype, result.shape, result.tobytes())
+        except ValueError as exc:
+            answer = ("error", str(exc))
+    return answer, sorted(str(warning.message) for warning in caught)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    strategy=any_strategy,
+    data=st.data(),
+    count=st.integers(1, 12),
+    dtype=st.sampled_from([np.float64, np.float32]),
+)
+def test_no_mask_gives_exactly_the_numbers_of_an_all_true_mask(
+    strategy: Strategy, data: st.DataObject, count: int, dtype: type[np.floating[Any]]
+) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # floats beyond float32's range
+        scores = np.array(data.draw(st.lists(any_score, min_size=count, max_size=count)), dtype)
+    spreads = data.draw(st.none() | st.lists(any_spread, min_size=count, max_size=count))
+    uncertainty = None if spreads is None else vector(*spreads)
+
+    fast = outcome(strategy, scores, None, uncertainty)
+    masked = outcome(strategy, scores, np.ones(count, dtype=np.bool_), uncertainty)
+
+    assert fast == masked
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_no_mask_and_an_all_true_mask_agree_on_everyday_scores(name: str) -> None:
+    strategy = STRATEGIES[name]
+    rng = np.random.default_rng(4)
+    for _ in range(200):
+        scores = rng.normal(size=8)
+        spread = rng.uniform(0.0, 0.5, size=8)
+        everything = mask(*[True] * 8)
+        for uncertainty in (None, spread):
+            fast = strategy.probabilities(scores, None, uncertainty)
+            assert (
+                fast.tobytes() == strategy.probabilities(scores, everything, uncertainty).tobytes()
+            )
 
 
 # -- drawing -------------------------------------------------------------------------------

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 import os
 import random
+import re
 import subprocess
 import sys
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -719,6 +722,225 @@ def test_a_plugin_must_have_a_positive_dim() -> None:
     empty.dim = 0
     with pytest.raises(ValueError, match="'char_counts' for key 'q': dim must be > 0"):
         FeatureEncoder(extractors={"q": empty})
+
+
+# -- the serving fast path is the reference encoding, bit for bit --------------------------
+
+
+def reference_encode(encoder: FeatureEncoder, context: Mapping[str, Any]) -> Vector:
+    """The hashed columns as the encoder first computed them, value by value into a float64
+    array: numbers first, then the other values, each pass in sorted key order. The encoder's
+    cached plans, scalings and accumulators must give exactly these bits."""
+    spec = encoder.spec
+    acc = np.zeros(spec.dim)
+
+    def slot(token: str) -> tuple[int, float]:
+        digest = zlib.crc32(token.encode("utf-8"))
+        return digest % spec.dim, 1.0 if (digest >> 31) & 1 == 0 else -1.0
+
+    def as_float(value: float) -> float:
+        try:
+            return float(value)
+        except OverflowError:
+            return math.nan
+
+    def scale(index: int, value: float) -> float:
+        if not math.isfinite(value):
+            return 0.0
+        n, mean = float(encoder.count[index]), float(encoder.mean[index])
+        if n < 2:
+            scaled = value - mean if n else value
+        else:
+            std = math.sqrt(float(encoder.m2[index]) / (n - 1))
+            scaled = (value - mean) / std if std > 1e-12 else value - mean
+        return max(-spec.clip, min(spec.clip, scaled))
+
+    items = sorted((k, v) for k, v in context.items() if k not in encoder.extractors)
+    for key, value in items:
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, int | float):
+            index = slot(f"n:{key}")[0]
+            acc[index] += scale(index, as_float(value))
+        elif isinstance(value, list | tuple):
+            for i, item in enumerate(value[: spec.max_list]):
+                if isinstance(item, int | float) and not isinstance(item, bool):
+                    index = slot(f"n:{key}[{i}]")[0]
+                    acc[index] += scale(index, as_float(item))
+    for key, value in items:
+        if isinstance(value, bool):
+            acc[slot(f"b:{key}")[0]] += 1.0 if value else -1.0
+        elif isinstance(value, str):
+            if not any(ch.isspace() for ch in value):
+                index, sign = slot(f"c:{key}={value}")
+                acc[index] += sign
+                continue
+            words = re.findall(r"[a-z0-9]+", value.lower())[: spec.max_words]
+            for word in words:
+                index, sign = slot(f"t:{key}:{word}")
+                acc[index] += sign * (1.0 / math.sqrt(len(words)))
+        elif isinstance(value, list | tuple):
+            for item in value[: spec.max_list]:
+                if isinstance(item, str | bool):
+                    index, sign = slot(f"c:{key}={item}")
+                    acc[index] += sign
+    return acc.astype(np.float32)
+
+
+def assert_same_bits(actual: Vector, expected: Vector) -> None:
+    """Equal as bit patterns: 0.0 and -0.0 differ, NaN equals itself."""
+    assert actual.dtype == expected.dtype == np.float32
+    assert actual.shape == expected.shape
+    assert np.array_equal(actual.view(np.uint32), expected.view(np.uint32)), (actual, expected)
+
+
+class Level(enum.IntEnum):
+    """An int subclass, as applications pass enums."""
+
+    LOW = 1
+    HIGH = 7
+
+
+# A small pool of keys makes contexts share key sets (and so cached plans), and collide.
+pooled_keys = st.one_of(st.sampled_from([f"k{i}" for i in range(8)]), st.text(max_size=6))
+odd_numbers = st.sampled_from(
+    [math.nan, math.inf, -math.inf, -0.0, 0.0, 1e308, -1e308, 10**400, -(10**400), 2**64]
+)
+numbers = st.one_of(
+    st.floats(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    odd_numbers,
+    st.floats(allow_nan=False).map(np.float64),
+    st.sampled_from(list(Level)),
+    st.integers(-3, 3).map(np.int64),  # not a Python number: ignored
+)
+texts = st.one_of(
+    st.text(max_size=24),
+    st.text(alphabet=" \t\n\u00a0\u2003\u3000aAbZ9é-", max_size=24),  # unicode whitespace
+)
+rich_scalars = st.one_of(st.none(), st.booleans(), numbers, texts)
+rich_values = st.one_of(
+    rich_scalars,
+    st.lists(rich_scalars, max_size=40),
+    st.lists(st.floats(-5, 5), max_size=40),  # lists of numbers, as embeddings come
+    st.tuples(rich_scalars, rich_scalars),
+    st.dictionaries(st.text(max_size=2), rich_scalars, max_size=2),  # not encoded
+)
+rich_contexts = st.dictionaries(pooled_keys, rich_values, max_size=12)
+fast_specs = st.builds(
+    FeatureSpec,
+    dim=st.one_of(st.integers(1, 300), st.sampled_from([features._DENSE + 1, 1000, 4096])),
+    clip=st.floats(0.5, 10.0),
+    max_list=st.integers(0, 40),
+    max_words=st.integers(0, 70),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(fitted=st.lists(rich_contexts, max_size=6), data=st.lists(rich_contexts, max_size=6))
+@pytest.mark.parametrize("spec", [FeatureSpec(dim=64), FeatureSpec(dim=1), FeatureSpec(dim=1000)])
+def test_encode_is_the_reference_encoding(
+    spec: FeatureSpec, fitted: list[dict[str, Any]], data: list[dict[str, Any]]
+) -> None:
+    encoder = FeatureEncoder(spec).fit(fitted)
+
+    for context in data + fitted:
+        expected = reference_encode(encoder, context)
+        assert_same_bits(encoder.encode(context), expected)
+        assert_same_bits(encoder.encode(context), expected)  # again, from the cached plan
+        assert_same_bits(encoder.encode(dict(reversed(context.items()))), expected)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    spec=fast_specs,
+    fitted=st.lists(rich_contexts, max_size=6),
+    data=st.lists(rich_contexts, max_size=6),
+)
+def test_encode_many_and_encode_agree_bit_for_bit(
+    spec: FeatureSpec, fitted: list[dict[str, Any]], data: list[dict[str, Any]]
+) -> None:
+    encoder = FeatureEncoder(spec).fit(fitted)
+
+    matrix = encoder.encode_many(data)
+
+    assert matrix.shape == (len(data), spec.dim)
+    for row, context in zip(matrix, data, strict=True):
+        assert_same_bits(row, reference_encode(encoder, context))
+        assert_same_bits(encoder.encode(context), row)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    first=st.lists(rich_contexts, min_size=1, max_size=4), more=st.lists(rich_contexts, max_size=4)
+)
+def test_statistics_updated_after_encoding_are_used(
+    first: list[dict[str, Any]], more: list[dict[str, Any]]
+) -> None:
+    encoder = FeatureEncoder(FeatureSpec(dim=16)).fit(first)
+    for context in first:
+        encoder.encode(context)  # caches the plans and scalings of these statistics
+
+    encoder.fit(more + first)
+
+    for context in first + more:
+        assert_same_bits(encoder.encode(context), reference_encode(encoder, context))
+
+
+def test_a_numeric_key_scales_with_the_current_statistics() -> None:
+    encoder = FeatureEncoder(WIDE).fit([{"x": 0.0}, {"x": 2.0}])
+    slot = slot_of(FeatureEncoder(WIDE), {"x": 1.0})
+    assert encoder.encode({"x": 2.0})[slot] == pytest.approx(1 / math.sqrt(2))
+
+    encoder.update({"x": 4.0})  # mean 2, std 2
+
+    assert encoder.encode({"x": 4.0})[slot] == pytest.approx(1.0)
+    assert encoder.encode({"v": 4.0, "x": 4.0})[slot] == pytest.approx(1.0)
+
+
+def test_longer_lists_of_numbers_after_shorter_ones_use_every_element() -> None:
+    encoder = FeatureEncoder(WIDE)
+
+    short = encoder.encode({"v": [1.0]})
+    long = encoder.encode({"v": [1.0, 2.0, 3.0]})
+
+    assert len(nonzero(short)) == 1
+    assert len(nonzero(long)) == 3
+    assert_same_bits(long, reference_encode(encoder, {"v": [1.0, 2.0, 3.0]}))
+
+
+def test_many_key_sets_keep_the_plan_cache_bounded() -> None:
+    encoder = FeatureEncoder(FeatureSpec(dim=32))
+    contexts = [{f"key{i}": float(i), "shared": "yes"} for i in range(features._MAX_PLANS + 50)]
+
+    for context in contexts:
+        assert_same_bits(encoder.encode(context), reference_encode(encoder, context))
+
+    assert 0 < len(encoder._plans) <= features._MAX_PLANS
+    assert_same_bits(encoder.encode(contexts[0]), reference_encode(encoder, contexts[0]))
+
+
+def test_whitespace_is_what_str_isspace_says() -> None:
+    # Categorical strings and texts are told apart by whitespace, as str.isspace() defines it.
+    every = [chr(code) for code in range(sys.maxunicode + 1)]
+    spaces = [ch for ch in every if ch.isspace()]
+
+    assert [ch for ch in every if features._SPACE.search(ch)] == spaces
+    encoder = FeatureEncoder(WIDE)
+    for space in spaces:
+        value = f"a{space}b"
+        assert_same_bits(encoder.encode({"q": value}), reference_encode(encoder, {"q": value}))
+
+
+def test_plugin_keys_are_left_to_the_plugin_whatever_their_values() -> None:
+    encoder = FeatureEncoder(FeatureSpec(dim=16), extractors={"q": CharCounts()})
+    contexts: list[dict[str, Any]] = [{"q": "a b", "x": 1.0}, {"x": 1.0}, {"q": None, "x": 1.0}]
+
+    hashed = [encoder.encode(context)[:16] for context in contexts]
+
+    for vector, context in zip(hashed, contexts, strict=True):
+        assert_same_bits(vector, reference_encode(encoder, context))
+    assert_same_bits(hashed[0], hashed[1])
 
 
 # -- feature plugins end to end: trained, stored, reloaded --------------------------------

@@ -1,4 +1,4 @@
-"""BaselinePolicy: uniform or fixed answers, with the exact distribution every choice came from."""
+"""BaselinePolicy and LearnedPolicy: the exact distribution every choice came from."""
 
 from __future__ import annotations
 
@@ -7,13 +7,30 @@ import importlib.util
 import math
 import random
 from collections import Counter
+from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agentrt.config import BaselineConfig
-from agentrt.policy import BaselinePolicy, Choice
+from agentrt.config import BaselineConfig, ModelParametersConfig
+from agentrt.errors import PolicyError
+from agentrt.exploration import (
+    EpsilonGreedy,
+    Softmax,
+    Strategy,
+    ThompsonSampling,
+    UpperConfidenceBound,
+)
+from agentrt.learning.features import FeatureEncoder, FeatureSpec
+from agentrt.learning.linear import LinearModel
+from agentrt.learning.nets import build_network
+from agentrt.learning.neural import NeuralModel
+from agentrt.policy import BaselinePolicy, Choice, LearnedPolicy, _draw
+from agentrt.types import RewardModel
 
 UNIFORM = BaselinePolicy(BaselineConfig())
 DRAWS = 30_000
@@ -259,3 +276,201 @@ def test_the_frequency_check_notices_a_small_bias() -> None:
     # The same draws judged against a distribution two points off are rejected.
     assert chi_square(counts, (0.5, 0.5), DRAWS) < chi2_critical_999(1)
     assert chi_square(counts, (0.52, 0.48), DRAWS) > chi2_critical_999(1)
+
+
+# -- LearnedPolicy: the serving fast path answers what the general path answers -------------
+
+LEARNED = ("search", "answer", "escalate", "wait", "ask")
+FEATURES = FeatureSpec(dim=32)
+
+
+def linear_model() -> LinearModel:
+    generator = torch.Generator().manual_seed(1)
+    k, d = len(LEARNED), FEATURES.dim + 1
+    root = torch.randn(k, d, d, generator=generator, dtype=torch.float64)
+    a_inv = root @ root.transpose(1, 2) / d + torch.eye(d, dtype=torch.float64)
+    return LinearModel(torch.randn(k, d, generator=generator, dtype=torch.float64), a_inv)
+
+
+def neural_model() -> NeuralModel:
+    generator = torch.Generator().manual_seed(2)
+    network = build_network("mlp", FEATURES.dim, len(LEARNED), ModelParametersConfig())
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    return NeuralModel(network, {})
+
+
+class FixedModel:
+    """A reward model with the same estimates for every context."""
+
+    def __init__(self, means: list[float], stds: list[float] | None) -> None:
+        self.means = np.array([means])
+        self.stds = None if stds is None else np.array([stds])
+
+    def predict(
+        self, features: npt.NDArray[np.float32]
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64] | None]:
+        rows = features.shape[0]
+        stds = None if self.stds is None else np.repeat(self.stds, rows, axis=0)
+        return np.repeat(self.means, rows, axis=0), stds
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def describe(self) -> dict[str, Any]:
+        return {}
+
+
+policy_keys = st.sampled_from(["x", "y", "z", "tier", "query", "tags", "v", "unseen"])
+policy_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.floats(-1e6, 1e6),
+    st.sampled_from([math.nan, math.inf, 10**400]),
+    st.integers(-100, 100),
+    st.text(max_size=16),
+    st.lists(st.one_of(st.floats(-3, 3), st.text(max_size=3)), max_size=6),
+)
+policy_contexts = st.dictionaries(policy_keys, policy_values, max_size=6)
+ENCODER = FeatureEncoder(FEATURES).fit(
+    [{"x": float(i), "y": -2.0 * i, "v": [i, 1.0, -i], "tier": "gold"} for i in range(30)]
+)
+MODELS: dict[str, RewardModel] = {"linear": linear_model(), "neural": neural_model()}
+any_strategy = st.one_of(
+    st.builds(EpsilonGreedy, epsilon=st.floats(0, 1)),
+    st.builds(Softmax, temperature=st.sampled_from([0.1, 1.0]), floor=st.floats(0, 1)),
+    st.builds(UpperConfidenceBound, confidence=st.floats(0, 3), floor=st.floats(0, 1)),
+    st.builds(ThompsonSampling, samples=st.just(64), floor=st.floats(0, 1)),
+)
+
+
+def learned(model: str, exploration: Strategy) -> LearnedPolicy:
+    return LearnedPolicy(3, model, MODELS[model], ENCODER, LEARNED, exploration)
+
+
+def reference_choose(
+    policy: LearnedPolicy,
+    context: dict[str, Any],
+    actions: tuple[str, ...],
+    allowed: tuple[bool, ...] | None,
+    rng: random.Random,
+) -> Choice:
+    """choose() as first written, every step on the general path (an explicit mask even when
+    every action is allowed, model columns picked one by one, numpy's checks)."""
+    unknown = [action for action in actions if action not in policy.actions]
+    if unknown:
+        raise PolicyError(f"unknown {unknown}")
+    columns = [policy.actions.index(action) for action in actions]
+    means, stds = policy.model.predict(policy.encoder.encode(context)[None, :])
+    scores = means[0, columns]
+    spread = None if stds is None else stds[0, columns]
+    mask = np.ones(len(actions), dtype=np.bool_) if allowed is None else np.array(allowed)
+    probabilities = policy.exploration.probabilities(scores, mask, spread)
+    if not (np.all(np.isfinite(probabilities)) and abs(float(probabilities.sum()) - 1.0) < 1e-6):
+        raise PolicyError("invalid probabilities")
+    index = _draw(probabilities, rng)
+    return Choice(
+        index,
+        tuple(float(p) for p in probabilities),
+        policy.version,
+        policy.exploration.describe(),
+    )
+
+
+@st.composite
+def offers(draw_from: st.DrawFn) -> tuple[tuple[str, ...], tuple[bool, ...] | None]:
+    """Offered actions (all of them in order, or some in any order) and a mask (none, all
+    true, or any with at least one allowed)."""
+    every = draw_from(st.booleans())
+    order = LEARNED if every else draw_from(st.permutations(LEARNED))
+    offered = tuple(order if every else order[: draw_from(st.integers(1, len(LEARNED)))])
+    kind = draw_from(st.sampled_from(["none", "all", "some"]))
+    if kind == "none":
+        return offered, None
+    if kind == "all":
+        return offered, (True,) * len(offered)
+    flags = draw_from(st.lists(st.booleans(), min_size=len(offered), max_size=len(offered)))
+    if not any(flags):
+        flags[draw_from(st.integers(0, len(offered) - 1))] = True
+    return offered, tuple(flags)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    model=st.sampled_from(list(MODELS)),
+    exploration=any_strategy,
+    offer=offers(),
+    contexts=st.lists(policy_contexts, min_size=1, max_size=4),
+    seed=st.integers(0, 2**32),
+)
+def test_choose_answers_what_the_general_path_answers(
+    model: str,
+    exploration: Strategy,
+    offer: tuple[tuple[str, ...], tuple[bool, ...] | None],
+    contexts: list[dict[str, Any]],
+    seed: int,
+) -> None:
+    policy = learned(model, exploration)
+    actions, allowed = offer
+    fast, reference = random.Random(seed), random.Random(seed)
+
+    for context in contexts:
+        choice = policy.choose(context, actions, allowed, fast)
+        expected = reference_choose(policy, context, actions, allowed, reference)
+        assert choice == expected
+        assert [p.hex() for p in choice.probabilities] == [p.hex() for p in expected.probabilities]
+        if allowed is not None:
+            assert allowed[choice.action_index]
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_an_all_true_mask_answers_like_no_mask(model: str) -> None:
+    policy = learned(model, UpperConfidenceBound(confidence=1.0, floor=0.1))
+    contexts = [{"x": float(i), "tier": "gold" if i % 2 else "silver"} for i in range(50)]
+    everything = (True,) * len(LEARNED)
+
+    plain, masked = random.Random(7), random.Random(7)
+    for context in contexts:
+        assert policy.choose(context, LEARNED, None, plain) == policy.choose(
+            context, LEARNED, everything, masked
+        )
+
+
+def test_offered_actions_in_another_order_get_their_own_probabilities() -> None:
+    policy = learned("linear", EpsilonGreedy(epsilon=0.3))
+    context = {"x": 4.0, "query": "where is my order"}
+
+    straight = policy.choose(context, LEARNED, None, random.Random(0)).probabilities
+    turned = policy.choose(context, LEARNED[::-1], None, random.Random(0)).probabilities
+    fewer = policy.choose(context, ("ask", "search"), None, random.Random(0)).probabilities
+
+    assert turned == pytest.approx(straight[::-1], abs=1e-15)
+    assert len(fewer) == 2
+    assert math.fsum(fewer) == pytest.approx(1.0)
+
+
+def test_an_unknown_action_is_refused_on_every_call() -> None:
+    policy = learned("linear", EpsilonGreedy())
+    policy.choose({"x": 1.0}, LEARNED, None, random.Random(0))
+
+    for _ in range(2):
+        with pytest.raises(PolicyError, match="does not know action"):
+            policy.choose({"x": 1.0}, ("search", "teleport"), None, random.Random(0))
+
+
+def test_a_mask_of_another_length_is_still_an_error() -> None:
+    policy = learned("neural", EpsilonGreedy())
+
+    with pytest.raises(ValueError, match="broadcast"):
+        policy.choose({"x": 1.0}, LEARNED, (True, True, True), random.Random(0))
+
+
+def test_invalid_probabilities_are_a_policy_error() -> None:
+    # A NaN uncertainty makes the upper bound NaN: no action is best.
+    model = FixedModel([0.1, 0.2, 0.3], [math.nan, math.nan, math.nan])
+    policy = LearnedPolicy(1, "fixed", model, ENCODER, LEARNED[:3], UpperConfidenceBound())
+
+    for allowed in (None, (True, True, True)):
+        with np.errstate(invalid="ignore"), pytest.raises(PolicyError, match="invalid"):
+            policy.choose({"x": 1.0}, LEARNED[:3], allowed, random.Random(0))

@@ -60,12 +60,15 @@ _Accumulator = list[float] | defaultdict[int, float]
 
 
 class _Plan(NamedTuple):
-    """What one set of context keys needs, computed once: the keys in sorted order (without
-    the feature plugins' keys), the slot of each key's number, and a getter of their values
-    in that order."""
+    """What encoding one set of context keys needs, computed once: the keys in sorted order
+    (without the feature plugins' keys), where a number under each key goes (its slot, and
+    the scaling of that slot, see :meth:`FeatureEncoder._scaling`), and a getter of the
+    keys' values in that order."""
 
     keys: tuple[str, ...]
     slots: tuple[int, ...]
+    offsets: tuple[float, ...]
+    divisors: tuple[float, ...]
     values: Callable[[Mapping[str, Any]], tuple[Any, ...]]
 
 
@@ -170,6 +173,17 @@ def _bind(spec: FeatureSpec, extractors: Mapping[str, FeatureExtractor]) -> Feat
     return spec
 
 
+def _getter(keys: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """The values of ``keys`` in a context, in order."""
+    if len(keys) > 1:
+        return operator.itemgetter(*keys)  # one call for every value
+    return lambda context: tuple(context[key] for key in keys)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _as_float(value: float) -> float:
     """``float(value)``; integers beyond the float range become NaN (they contribute 0)."""
     try:
@@ -189,6 +203,10 @@ class FeatureEncoder:
 
     Raises:
         ValueError: the plugins do not match the spec, or the statistics have the wrong shape.
+
+    Encoding caches, per set of context keys, the sorted keys with their slots and scalings
+    (a context's keys mostly come in the same few sets): change the statistics only through
+    :meth:`update` and :meth:`fit`, which drop what the change makes stale.
     """
 
     def __init__(
@@ -212,7 +230,7 @@ class FeatureEncoder:
                     f"FeatureEncoder.{name} must have shape ({dim},), got {array.shape}"
                 )
         self._slots: dict[str, tuple[int, float]] = {}
-        # Caches of the serving path, rebuilt on demand (update() clears a slot's scaling).
+        # Caches of encoding, filled on demand; update() drops the scalings it changes.
         self._scales: list[tuple[float, float] | None] = [None] * dim
         self._plans: dict[tuple[Any, ...], _Plan] = {}
         self._items: dict[str, tuple[int, ...]] = {}
@@ -223,6 +241,7 @@ class FeatureEncoder:
             blocks.append((ref.key, self.extractors[ref.key], start, start + ref.dim))
             start += ref.dim
         self._blocks = tuple(blocks)
+        self._width = start
 
     # -- hashing ---------------------------------------------------------------------------
 
@@ -241,11 +260,14 @@ class FeatureEncoder:
     def _plan(self, key_order: tuple[Any, ...]) -> _Plan:
         keys = tuple(sorted(key for key in key_order if key not in self.extractors))
         slots = tuple(self._hash(f"n:{key}")[0] for key in keys)
-        if len(keys) > 1:
-            values: Callable[[Mapping[str, Any]], tuple[Any, ...]] = operator.itemgetter(*keys)
-        else:
-            values = lambda context: tuple(context[key] for key in keys)  # noqa: E731
-        plan = _Plan(keys, slots, values)
+        scalings = [self._scales[slot] or self._scaling(slot) for slot in slots]
+        plan = _Plan(
+            keys,
+            slots,
+            tuple(offset for offset, _ in scalings),
+            tuple(divisor for _, divisor in scalings),
+            _getter(keys),
+        )
         # Plain string keys only: a key that merely equals a string could format otherwise.
         if all(type(key) is str for key in keys):
             if len(self._plans) >= _MAX_PLANS:
@@ -288,6 +310,7 @@ class FeatureEncoder:
             self.mean[slot] += delta / self.count[slot]
             self.m2[slot] += delta * (value - self.mean[slot])
             self._scales[slot] = None
+            self._plans.clear()
 
     def fit(self, contexts: Iterable[Mapping[str, Any]]) -> FeatureEncoder:
         """Update the statistics with every context; returns self."""
@@ -313,7 +336,7 @@ class FeatureEncoder:
 
     def encode(self, context: Mapping[str, Any]) -> npt.NDArray[np.float32]:
         """One context as a vector of width ``spec.width``."""
-        out = np.zeros(self.spec.width, dtype=np.float32)
+        out = np.zeros(self._width, dtype=np.float32)
         self._encode_into(context, out[: self.spec.dim])
         if self._blocks:
             self._encode_blocks([context], out[None, :])
@@ -357,20 +380,23 @@ class FeatureEncoder:
         acc: _Accumulator = [0.0] * dim if dim <= _DENSE else defaultdict(float)
         high = self.spec.clip
         low = -high
-        scales = self._scales
         later: list[tuple[str, Any]] = []
-        for key, slot, value in zip(plan.keys, plan.slots, plan.values(context), strict=True):
-            kind = type(value)
-            if kind is float or kind is int:
-                number = value if kind is float else _as_float(value)
-                if number - number == 0.0:  # finite; NaN and inf contribute nothing
-                    offset, divisor = scales[slot] or self._scaling(slot)
-                    scaled = (number - offset) / divisor
-                    # min(high, max(...)) as max(low, min(high, scaled)) takes it, NaN included
-                    scaled = scaled if scaled < high else high
-                    acc[slot] += scaled if scaled > low else low
-            elif value is not None:
-                self._collect(key, slot, value, acc, later)
+        keys, slots, offsets, divisors, values_of = plan
+        for key, slot, offset, divisor, value in zip(
+            keys, slots, offsets, divisors, values_of(context), strict=True
+        ):
+            if type(value) is not float:
+                if type(value) is int or _is_number(value):
+                    value = _as_float(value)
+                else:
+                    if value is not None:
+                        self._collect(key, value, acc, later)
+                    continue
+            if value - value == 0.0:  # finite; NaN and inf contribute nothing
+                scaled = (value - offset) / divisor
+                # As max(low, min(high, scaled)) clips, NaN included.
+                scaled = scaled if scaled < high else high
+                acc[slot] += scaled if scaled > low else low
         for key, value in later:
             if isinstance(value, bool):
                 acc[self._slot(f"b:{key}")[0]] += 1.0 if value else -1.0
@@ -388,35 +414,30 @@ class FeatureEncoder:
             out[np.fromiter(acc, np.intp, count)] = np.fromiter(acc.values(), np.float64, count)
 
     def _collect(
-        self, key: str, slot: int, value: object, acc: _Accumulator, later: list[tuple[str, Any]]
+        self, key: str, value: object, acc: _Accumulator, later: list[tuple[str, Any]]
     ) -> None:
-        """A value other than a plain float or int: a number of another type and the numbers of
-        a list are added now; booleans, strings and lists are kept for the second pass."""
+        """A value other than a number: the numbers of a list are added now; booleans,
+        strings and lists are kept for the second pass (anything else is ignored)."""
         if isinstance(value, bool | str):
             later.append((key, value))
-        elif isinstance(value, int | float):
-            self._add_numbers(((slot, _as_float(value)),), acc)
         elif isinstance(value, list | tuple):
-            items = value[: self.spec.max_list]
             numbers = [
                 (i, _as_float(item))
-                for i, item in enumerate(items)
-                if isinstance(item, int | float) and not isinstance(item, bool)
+                for i, item in enumerate(value[: self.spec.max_list])
+                if _is_number(item)
             ]
             if numbers:
                 slots = self._item_slots(key, numbers[-1][0] + 1)
-                self._add_numbers(((slots[i], number) for i, number in numbers), acc)
+                high = self.spec.clip
+                low = -high
+                for i, number in numbers:
+                    if number - number == 0.0:
+                        slot = slots[i]
+                        offset, divisor = self._scales[slot] or self._scaling(slot)
+                        scaled = (number - offset) / divisor
+                        scaled = scaled if scaled < high else high
+                        acc[slot] += scaled if scaled > low else low
             later.append((key, value))
-
-    def _add_numbers(self, numbers: Iterable[tuple[int, float]], acc: _Accumulator) -> None:
-        high = self.spec.clip
-        low = -high
-        for slot, number in numbers:
-            if number - number == 0.0:
-                offset, divisor = self._scales[slot] or self._scaling(slot)
-                scaled = (number - offset) / divisor
-                scaled = scaled if scaled < high else high
-                acc[slot] += scaled if scaled > low else low
 
     def _encode_string(self, key: str, value: str, acc: _Accumulator) -> None:
         if _SPACE.search(value) is None:

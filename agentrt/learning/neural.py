@@ -20,7 +20,7 @@ import numpy.typing as npt
 import torch
 
 from agentrt.learning.data import BanditData
-from agentrt.learning.nets import build_network, build_optimizer
+from agentrt.learning.nets import build_network, build_optimizer, network_spec
 from agentrt.learning.settings import LearnerSettings
 from agentrt.plugins import Plugin
 
@@ -38,8 +38,10 @@ class NeuralModel:
 
     def predict(self, features: npt.NDArray[np.float32]) -> tuple[Matrix, None]:
         """Predicted reward per action, shape (n, K); no uncertainty estimate."""
+        if features.dtype != np.float32 or not features.flags.c_contiguous:
+            features = np.ascontiguousarray(features, dtype=np.float32)
         with torch.inference_mode():
-            out = self.network(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)))
+            out = self.network(torch.from_numpy(features))  # no copy of the features
         return out.numpy().astype(np.float64), None
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -57,25 +59,15 @@ class NeuralLearner:
     def __init__(self, settings: LearnerSettings) -> None:
         self.settings = settings
 
-    def _spec(self, inputs: int, outputs: int) -> dict[str, Any]:
-        p = self.settings.parameters
-        architecture = "transformer" if self.settings.architecture == "transformer" else "mlp"
-        return {
-            "architecture": architecture,
-            "inputs": inputs,
-            "outputs": outputs,
-            "hidden_size": p.hidden_size,
-            "num_layers": p.num_layers,
-            "dropout": p.dropout,
-        }
-
     def fit(self, data: BanditData) -> tuple[NeuralModel, dict[str, Any]]:
         """Train with early stopping on a held-out split; returns the model and metrics."""
         settings = self.settings
         torch.manual_seed(settings.seed)
         generator = torch.Generator().manual_seed(settings.seed)
         train, held_out = data.split(settings.training.holdout, settings.seed)
-        spec = self._spec(data.features.shape[1], len(data.actions))
+        spec = network_spec(
+            settings.architecture, settings.parameters, data.features.shape[1], len(data.actions)
+        )
         network = build_network(
             spec["architecture"], spec["inputs"], spec["outputs"], settings.parameters
         )
