@@ -64,7 +64,8 @@ from torch.nn import functional
 
 from agentrt.errors import InvalidInputError
 from agentrt.learning.data import BanditData
-from agentrt.learning.nets import build_network, build_optimizer
+from agentrt.learning.nets import build_network, build_optimizer, network_spec
+from agentrt.learning.neural import NeuralModel
 from agentrt.learning.settings import LearnerSettings
 from agentrt.log import get_logger
 from agentrt.plugins import Plugin
@@ -132,24 +133,9 @@ def split_episodes(episodes: Indices, holdout: float, seed: int) -> tuple[Indice
     return np.flatnonzero(~held).astype(np.int64), np.flatnonzero(held).astype(np.int64)
 
 
-class DQNModel:
-    """A trained Q-network, evaluated on CPU under ``torch.inference_mode``."""
-
-    def __init__(self, network: torch.nn.Module, spec: dict[str, Any]) -> None:
-        self.network = network.to("cpu").eval()
-        self.spec = spec
-
-    def predict(self, features: npt.NDArray[np.float32]) -> tuple[Matrix, None]:
-        """Estimated discounted return of each action, shape (n, K); no uncertainty estimate."""
-        with torch.inference_mode():
-            out = self.network(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)))
-        return out.numpy().astype(np.float64), None
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return dict(self.network.state_dict())
-
-    def describe(self) -> dict[str, Any]:
-        return {"network": self.spec}
+class DQNModel(NeuralModel):
+    """A trained Q-network: ``predict`` gives each action's estimated discounted return,
+    shape (n, K), with no uncertainty estimate; evaluated on CPU under ``inference_mode``."""
 
 
 class DQNLearner:
@@ -159,18 +145,6 @@ class DQNLearner:
 
     def __init__(self, settings: LearnerSettings) -> None:
         self.settings = settings
-
-    def _spec(self, inputs: int, outputs: int) -> dict[str, Any]:
-        p = self.settings.parameters
-        architecture = "transformer" if self.settings.architecture == "transformer" else "mlp"
-        return {
-            "architecture": architecture,
-            "inputs": inputs,
-            "outputs": outputs,
-            "hidden_size": p.hidden_size,
-            "num_layers": p.num_layers,
-            "dropout": p.dropout,
-        }
 
     def fit(self, data: BanditData) -> tuple[DQNModel, dict[str, Any]]:
         """Train with early stopping on held-out episodes; returns the model and metrics.
@@ -190,7 +164,7 @@ class DQNLearner:
         train = _transitions(data, following, train_rows, device)
         check = _transitions(data, following, held_rows, device)
 
-        spec = self._spec(data.features.shape[1], len(data.actions))
+        spec = network_spec(settings.architecture, p, data.features.shape[1], len(data.actions))
         online = build_network(spec["architecture"], spec["inputs"], spec["outputs"], p)
         online.to(device)
         target = copy.deepcopy(online).requires_grad_(False).eval()

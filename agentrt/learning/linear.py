@@ -93,9 +93,15 @@ class LinearModel:
 
     def predict(self, features: npt.NDArray[np.float32]) -> tuple[Matrix, Matrix]:
         """Mean reward and its posterior standard deviation per action, shape (n, K) each."""
-        x = np.concatenate([features.astype(np.float64), np.ones((features.shape[0], 1))], axis=1)
+        n = features.shape[0]
+        k, d = self._theta.shape
+        x = np.ones((n, d))
+        x[:, :-1] = features
         means = x @ self._theta.T
-        variance = np.einsum("nd,kde,ne->nk", x, self._a_inv, x) * self.noise()
+        # x^T A_a^-1 x per row and action: one product with the stacked (K*D, D) inverses, then
+        # a two-operand einsum (with three, einsum loops over all n*K*D*D terms one by one).
+        projected = (self._a_inv.reshape(k * d, d) @ x.T).reshape(k, d, n)
+        variance = np.einsum("kdn,nd->nk", projected, x) * self.noise()
         return means, np.sqrt(np.maximum(variance, 0.0))
 
     def update(

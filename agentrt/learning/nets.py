@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -102,3 +102,18 @@ def pick_device(setting: str) -> torch.device:
     if setting == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(setting)
+
+
+def network_spec(
+    architecture: str, parameters: ModelParametersConfig, inputs: int, outputs: int
+) -> dict[str, Any]:
+    """The JSON description a stored network is rebuilt from: ``transformer`` or ``mlp``
+    (any other architecture), sizes and dropout from ``model_configuration``."""
+    return {
+        "architecture": "transformer" if architecture == "transformer" else "mlp",
+        "inputs": inputs,
+        "outputs": outputs,
+        "hidden_size": parameters.hidden_size,
+        "num_layers": parameters.num_layers,
+        "dropout": parameters.dropout,
+    }
