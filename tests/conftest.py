@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import pytest
@@ -88,3 +88,14 @@ async def database(db_url: str) -> AsyncIterator[Database]:
         yield db
     finally:
         await db.dispose()
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Small models on a shared machine: one intra-op thread, restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

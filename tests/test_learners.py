@@ -9,7 +9,7 @@ examples far more often than ``1/k``. Everything runs on CPU under fixed seeds.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -110,13 +110,8 @@ def neural_settings(
     )
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Small models on a shared machine: one intra-op thread, restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Small models on a shared machine: one intra-op thread (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- beating uniform random ----------------------------------------------------------------
