@@ -891,3 +891,19 @@ async def test_a_running_runtime_serves_the_baseline_the_cli_rolled_back_to(
         await rt.refresh_policies()
         assert rt.active_version("router") is None
         assert (await play(rt, 6, rng)).versions == {None}
+
+
+async def test_rising_reward_staleness_reopens_exploration(sqlite_db: Database) -> None:
+    adapter = adapter_for(sqlite_db)
+    now = EpsilonGreedy(epsilon=EPSILON)
+
+    def health(seconds: float) -> dict[str, Any]:
+        return {"exploration_health": {"reward_staleness_seconds": seconds}}
+
+    # The first report is a reference; a small or slow rise changes nothing.
+    assert adapter.retune("router", now, health(20.0), False) == (now, None)
+    assert adapter.retune("router", now, health(35.0), False) == (now, None)
+    assert adapter.retune("router", now, health(65.0), False) == (now, None)
+    updated, why = adapter.retune("router", now, health(400.0), False)
+    assert updated == EpsilonGreedy(epsilon=2 * EPSILON)
+    assert why == "reward staleness rose from 65 s to 400 s: exploration re-opened"

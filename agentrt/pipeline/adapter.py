@@ -34,6 +34,7 @@ from agentrt.storage.tables import experience_view
 __all__ = ["LiveReward", "StrategyAdapter", "live_rewards", "roll_back", "significantly_below"]
 
 _MIN_LIVE = 100
+_STALE_SECONDS = 60.0  # staleness below this never re-opens exploration
 _Z = 2.326  # one-sided 99%: a rollback needs strong evidence
 
 
@@ -102,6 +103,8 @@ class StrategyAdapter:
     def __init__(self, config: AgentRTConfig, db: Database) -> None:
         self.config = config
         self.db = db
+        # Per agent the reward staleness the previous extraction reported.
+        self._staleness: dict[str, float] = {}
 
     async def record(
         self,
@@ -124,21 +127,35 @@ class StrategyAdapter:
     ) -> tuple[Strategy, str | None]:
         """Exploration for the next cycle, and why it changed (None: unchanged).
 
-        A drop of the reward (a change point with a decrease in this cycle's window) re-opens
-        exploration at twice its configured level; otherwise epsilon decays after a promotion.
+        A drop of the reward (a change point with a decrease in this cycle's window), or rising
+        reward staleness (the time from the newest reward to the newest decision at least
+        doubled since the previous extraction, to over a minute: rewards stopped arriving for
+        what the policy does), re-opens exploration at twice its configured level; otherwise
+        epsilon decays after a promotion.
         """
         alarms = (knowledge.get("trend") or {}).get("alarms") or []
         drops = [a for a in alarms if a.get("direction") == "decrease"]
         configured = exploration_from_config(self.config.exploration_for(agent_id))
+        why = None
         if drops:
-            reopened = _reopen(exploration, configured)
-            if reopened != exploration:
-                last = drops[-1]
-                return reopened, (
-                    f"reward dropped from {last.get('mean_before')} to {last.get('mean_after')} "
-                    f"at {last.get('change_at')}: exploration re-opened"
+            last = drops[-1]
+            why = (
+                f"reward dropped from {last.get('mean_before')} to {last.get('mean_after')} "
+                f"at {last.get('change_at')}: exploration re-opened"
+            )
+        reported = (knowledge.get("exploration_health") or {}).get("reward_staleness_seconds")
+        if isinstance(reported, int | float) and math.isfinite(reported):
+            stale = float(reported)
+            before = self._staleness.get(agent_id)
+            self._staleness[agent_id] = stale
+            if why is None and before is not None and stale > max(2 * before, _STALE_SECONDS):
+                why = (
+                    f"reward staleness rose from {before:.0f} s to {stale:.0f} s: exploration "
+                    "re-opened"
                 )
-            return exploration, None
+        if why is not None:
+            reopened = _reopen(exploration, configured)
+            return (reopened, why) if reopened != exploration else (exploration, None)
         if promoted and isinstance(exploration, EpsilonGreedy):
             decayed = exploration.decayed()
             if decayed != exploration:
