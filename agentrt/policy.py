@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from agentrt.config import BaselineConfig
 from agentrt.errors import PolicyError
-from agentrt.exploration import Strategy
+from agentrt.exploration import Strategy, UpperConfidenceBound
 from agentrt.learning.features import FeatureEncoder
 from agentrt.types import RewardModel, SequenceModel
 
@@ -108,6 +108,13 @@ class LearnedPolicy:
         self._sequence = isinstance(model, SequenceModel) and model.history > 1
         # Per open episode, the encoded contexts of its latest decisions (sequence models).
         self._histories: OrderedDict[uuid.UUID, deque[npt.NDArray[np.float32]]] = OrderedDict()
+        # UCB over a model without uncertainty: how often each action was chosen (within the
+        # last ``window_size`` decisions), for the count bonus.
+        self._chosen: _ChoiceCounts | None = (
+            _ChoiceCounts(len(actions), exploration.window_size)
+            if isinstance(exploration, UpperConfidenceBound)
+            else None
+        )
 
     def with_exploration(self, exploration: Strategy) -> LearnedPolicy:
         """The same model (and open episode histories) with another exploration strategy."""
@@ -115,6 +122,8 @@ class LearnedPolicy:
             self.version, self.learner, self.model, self.encoder, self.actions, exploration
         )
         policy._histories = self._histories
+        if self._chosen is not None and policy._chosen is not None:
+            policy._chosen = self._chosen.resized(policy._chosen.window)
         return policy
 
     def end_episode(self, episode_id: uuid.UUID) -> None:
@@ -158,6 +167,10 @@ class LearnedPolicy:
             scores, spread = means[0], None if stds is None else stds[0]  # views, no copies
         else:
             scores, spread = means[0, columns], None if stds is None else stds[0, columns]
+        counted = spread is None and self._chosen is not None
+        if counted:
+            assert self._chosen is not None  # noqa: S101 (just checked)
+            spread = UpperConfidenceBound.count_bonus(self._chosen.counts[columns])
         mask = None
         # A mask that allows every offered action is no mask (exploration's fast path).
         if allowed is not None and not (len(allowed) == len(actions) and all(allowed)):
@@ -166,12 +179,11 @@ class LearnedPolicy:
         total = sum(probabilities)  # not finite when any probability is not
         if not (math.isfinite(total) and abs(total - 1.0) < 1e-6):
             raise PolicyError(f"policy v{self.version} produced invalid probabilities")
-        return Choice(
-            _draw(probabilities, rng),
-            tuple(probabilities),
-            self.version,
-            self.exploration.describe(),
-        )
+        index = _draw(probabilities, rng)
+        if counted:
+            assert self._chosen is not None  # noqa: S101 (just checked)
+            self._chosen.add(columns[index])
+        return Choice(index, tuple(probabilities), self.version, self.exploration.describe())
 
     def _columns_of(self, actions: tuple[str, ...]) -> list[int]:
         unknown = [action for action in actions if action not in self._index]
@@ -184,6 +196,32 @@ class LearnedPolicy:
             self._columns.clear()
         self._columns[actions] = columns
         return columns
+
+
+class _ChoiceCounts:
+    """How often each action was chosen, over the last ``window`` choices (all when None)."""
+
+    def __init__(self, actions: int, window: int | None) -> None:
+        self.window = window
+        self.counts = np.zeros(actions)
+        self._recent: deque[int] = deque()
+
+    def add(self, action: int) -> None:
+        self.counts[action] += 1.0
+        if self.window is not None:
+            self._recent.append(action)
+            if len(self._recent) > self.window:
+                self.counts[self._recent.popleft()] -= 1.0
+
+    def resized(self, window: int | None) -> _ChoiceCounts:
+        """The same history under another window (an exploration retune keeps the counts)."""
+        counts = _ChoiceCounts(len(self.counts), window)
+        if self.window is None:
+            counts.counts = self.counts.copy()
+        else:
+            for action in self._recent:
+                counts.add(action)
+        return counts
 
 
 def _draw(probabilities: Sequence[float] | npt.NDArray[np.float64], rng: random.Random) -> int:

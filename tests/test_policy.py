@@ -355,9 +355,11 @@ def reference_choose(
     actions: tuple[str, ...],
     allowed: tuple[bool, ...] | None,
     rng: random.Random,
+    chosen: npt.NDArray[np.float64],
 ) -> Choice:
     """choose() as first written, every step on the general path (an explicit mask even when
-    every action is allowed, model columns picked one by one, numpy's checks)."""
+    every action is allowed, model columns picked one by one, numpy's checks); ``chosen``
+    counts its choices per model action, for UCB over a model without uncertainty."""
     unknown = [action for action in actions if action not in policy.actions]
     if unknown:
         raise PolicyError(f"unknown {unknown}")
@@ -365,11 +367,16 @@ def reference_choose(
     means, stds = policy.model.predict(policy.encoder.encode(context)[None, :])
     scores = means[0, columns]
     spread = None if stds is None else stds[0, columns]
+    counted = spread is None and isinstance(policy.exploration, UpperConfidenceBound)
+    if counted:
+        spread = UpperConfidenceBound.count_bonus(chosen[columns])
     mask = np.ones(len(actions), dtype=np.bool_) if allowed is None else np.array(allowed)
     probabilities = policy.exploration.probabilities(scores, mask, spread)
     if not (np.all(np.isfinite(probabilities)) and abs(float(probabilities.sum()) - 1.0) < 1e-6):
         raise PolicyError("invalid probabilities")
     index = _draw(probabilities, rng)
+    if counted:
+        chosen[columns[index]] += 1.0
     return Choice(
         index,
         tuple(float(p) for p in probabilities),
@@ -414,10 +421,11 @@ def test_choose_answers_what_the_general_path_answers(
     policy = learned(model, exploration)
     actions, allowed = offer
     fast, reference = random.Random(seed), random.Random(seed)
+    chosen = np.zeros(len(LEARNED))
 
     for context in contexts:
         choice = policy.choose(context, actions, allowed, fast)
-        expected = reference_choose(policy, context, actions, allowed, reference)
+        expected = reference_choose(policy, context, actions, allowed, reference, chosen)
         assert choice == expected
         assert [p.hex() for p in choice.probabilities] == [p.hex() for p in expected.probabilities]
         if allowed is not None:
@@ -426,15 +434,44 @@ def test_choose_answers_what_the_general_path_answers(
 
 @pytest.mark.parametrize("model", list(MODELS))
 def test_an_all_true_mask_answers_like_no_mask(model: str) -> None:
-    policy = learned(model, UpperConfidenceBound(confidence=1.0, floor=0.1))
+    # Two equal policies: UCB over a model without uncertainty counts each policy's choices.
+    one, other = (learned(model, UpperConfidenceBound(confidence=1.0, floor=0.1)) for _ in "ab")
     contexts = [{"x": float(i), "tier": "gold" if i % 2 else "silver"} for i in range(50)]
     everything = (True,) * len(LEARNED)
 
     plain, masked = random.Random(7), random.Random(7)
     for context in contexts:
-        assert policy.choose(context, LEARNED, None, plain) == policy.choose(
+        assert one.choose(context, LEARNED, None, plain) == other.choose(
             context, LEARNED, everything, masked
         )
+
+
+def test_ucb_without_uncertainty_tries_every_action_within_its_window() -> None:
+    """The count bonus of a sliding window: an action not chosen in the last ``window_size``
+    decisions looks untried again, so it is tried again even when its estimate is worst."""
+    model = FixedModel([0.9, 0.5, 0.1], None)
+    exploration = UpperConfidenceBound(confidence=0.1, window_size=4, floor=0.0)
+    policy = LearnedPolicy(1, "fixed", model, ENCODER, ("a", "b", "c"), exploration)
+    rng = random.Random(0)
+    picks = [policy.choose({}, ("a", "b", "c"), None, rng).action_index for _ in range(40)]
+    assert sorted(picks[:3]) == [0, 1, 2]  # untried actions first
+    for start in range(len(picks) - 6):
+        assert set(picks[start : start + 6]) == {0, 1, 2}, picks
+    assert Counter(picks)[0] > Counter(picks)[2]
+    # Without a window the counts keep growing and the worst action fades out.
+    unbounded = LearnedPolicy(
+        1, "fixed", model, ENCODER, ("a", "b", "c"), UpperConfidenceBound(0.1, None, 0.0)
+    )
+    later = [unbounded.choose({}, ("a", "b", "c"), None, rng).action_index for _ in range(200)]
+    assert Counter(later[100:])[2] < 5
+    # A model with its own uncertainty is not counted.
+    with_spread = LearnedPolicy(
+        1, "fixed", FixedModel([0.9, 0.5, 0.1], [0.0, 0.0, 0.0]), ENCODER, ("a", "b", "c"),
+        exploration,
+    )  # fmt: skip
+    assert {with_spread.choose({}, ("a", "b", "c"), None, rng).action_index for _ in range(20)} == {
+        0
+    }
 
 
 def test_offered_actions_in_another_order_get_their_own_probabilities() -> None:
