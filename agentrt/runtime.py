@@ -659,6 +659,16 @@ class Runtime(AsyncContextManagerMixin):
         await self._record_fallbacks()
         return CycleReport(agents=tuple(reports))
 
+    async def _judge_canary(self, agent_id: str) -> None:
+        """The loop's canary check between cycles: decide it if the live evidence is in
+        (under the agent's locks; skipped when another process holds them)."""
+        async with (
+            self._cycle_locks[agent_id],
+            agent_lock(self.database, agent_id, wait=False) as obtained,
+        ):
+            if obtained:
+                await self._check_canary(agent_id)
+
     async def _cycle_if_due(
         self, agent_id: str, reason: str, due: Callable[[str], Awaitable[str | None]]
     ) -> AgentCycle | None:

@@ -518,3 +518,22 @@ async def test_an_incremental_model_keeps_learning_between_cycles(
         assert late.mean_reward > 0.7
     else:
         assert learned == 0
+
+
+async def test_the_loop_decides_a_canary_between_cycles_without_running_one(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    rng = random.Random(12)
+    rt = runtime(sqlite_url, tmp_path, rollout=CANARY, trigger={"rewards": 10_000})
+    async with rt:
+        await play(rt, 60, rng)
+        [first] = (await rt.run_cycle("router")).agents
+        assert first.status == "canary"
+        await play(rt, 400, rng)
+        assert (await rt.run_due_cycles()).agents == ()  # no cycle is due...
+        assert rt.canaries == {}  # ...but the canary was judged and promoted
+        assert rt.active_version("router") == first.candidate_version
+    cycles = await rows(sqlite_url, MetricRow, name="learning_cycle", agent_id="router")
+    assert len(cycles) == 1
+    [promotion] = await rows(sqlite_url, StrategyUpdateRow, agent_id="router", kind="promote")
+    assert promotion.details["canary_version"] == first.candidate_version

@@ -81,8 +81,6 @@ class LearningLoop:
             return (
                 f"interval {format_duration(interval)} passed with {count} new rewarded decisions"
             )
-        if agent_id in self.runtime.canaries:
-            return "canary check"
         return None
 
     async def run_due(self) -> list[AgentCycle]:
@@ -91,6 +89,9 @@ class LearningLoop:
         for agent_id in self.config.agents:
             reason = await self.due(agent_id)
             if reason is None:
+                if agent_id in self.runtime.canaries:
+                    # No cycle is due, but the canary is compared live at every check.
+                    await self.runtime._judge_canary(agent_id)
                 continue
             report = await self.runtime._cycle_if_due(agent_id, reason, self.due)
             if report is None:
