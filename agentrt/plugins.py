@@ -221,6 +221,15 @@ class PluginRegistry:
             raise PluginError(f"built-in reference {reference!r} does not define {kind}/{name}")
         return self._loaded[key]
 
+    def require(self, kind: PluginKind, name: str) -> None:
+        """Check that a plugin of ``kind`` named ``name`` is known, without importing it.
+
+        Raises:
+            PluginNotFoundError: no such plugin; the message lists the available names.
+        """
+        if (kind, name) not in self._loaded and (kind, name) not in self._lazy:
+            raise PluginNotFoundError(kind, name, self.names(kind))
+
     def create(self, kind: PluginKind, name: str, *args: Any, **kwargs: Any) -> Any:
         """Build the plugin object: ``get(kind, name).factory(*args, **kwargs)``."""
         return self.get(kind, name).factory(*args, **kwargs)

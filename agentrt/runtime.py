@@ -181,6 +181,7 @@ class Runtime(AsyncContextManagerMixin):
 
     @asynccontextmanager
     async def __asynccontextmanager__(self) -> AsyncIterator[Runtime]:
+        self._require_plugins()
         db = Database(self.config.database)
         try:
             await ensure_schema(db, self.config.runtime.auto_migrate)
@@ -264,6 +265,19 @@ class Runtime(AsyncContextManagerMixin):
             self._loop = None
             with anyio.CancelScope(shield=True):
                 await db.dispose()
+
+    def _require_plugins(self) -> None:
+        """Every learner, rollout and feature plugin the agents name exists (checked before
+        anything starts, without importing them: a typo fails here, not at the first cycle).
+
+        Raises:
+            PluginNotFoundError: a named plugin is not known; the message lists those that are.
+        """
+        for agent_id, agent in self.config.agents.items():
+            self.registry.require("learner", self.config.learner_for(agent_id))
+            self.registry.require("rollout", agent.rollout.strategy)
+            for plugin in agent.features.values():
+                self.registry.require("feature", plugin)
 
     def _build_collector(self, db: Database) -> ExperienceCollector:
         runtime = self.config.runtime

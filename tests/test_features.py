@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentrt.config import AgentRTConfig, load_config
-from agentrt.errors import PolicyError
+from agentrt.errors import PluginNotFoundError, PolicyError
 from agentrt.exploration import EpsilonGreedy
 from agentrt.learning import features
 from agentrt.learning.features import ExtractorRef, FeatureEncoder, FeatureSpec
@@ -1048,6 +1048,13 @@ async def test_a_policy_whose_feature_plugin_is_missing_or_changed_is_refused(
     with pytest.raises(PolicyError, match=r"cannot rebuild its feature encoder: .* with 5"):
         load_policy(row, plugin_registry(wider), EpsilonGreedy())
 
-    async with Runtime(config, registry=PluginRegistry()) as restarted:
+    # A runtime whose configuration names a missing plugin does not start at all; one whose
+    # configuration dropped the plugin refuses the stored version that needs it.
+    with pytest.raises(PluginNotFoundError, match="char_counts"):
+        async with Runtime(config, registry=PluginRegistry()):
+            pass
+    agent = config.agents["router"].model_copy(update={"features": {}})
+    without = config.model_copy(update={"agents": {"router": agent}})
+    async with Runtime(without, registry=PluginRegistry()) as restarted:
         assert restarted.active_version("router") is None  # refused: the baseline serves
         assert (await restarted.decide("router", {"query": "a b"})).policy_version is None

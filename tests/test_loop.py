@@ -31,7 +31,7 @@ from helpers.steered import (
 from sqlalchemy import select
 
 from agentrt.config import RolloutConfig, load_config
-from agentrt.errors import StorageError
+from agentrt.errors import PluginNotFoundError, StorageError
 from agentrt.pipeline.adapter import LiveReward, StrategyAdapter
 from agentrt.pipeline.coordination import worker_file_lock
 from agentrt.pipeline.rollout import CanaryRollout
@@ -537,3 +537,17 @@ async def test_the_loop_decides_a_canary_between_cycles_without_running_one(
     assert len(cycles) == 1
     [promotion] = await rows(sqlite_url, StrategyUpdateRow, agent_id="router", kind="promote")
     assert promotion.details["canary_version"] == first.candidate_version
+
+
+async def test_a_runtime_refuses_to_start_with_an_unknown_plugin_name(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    for agent, message in (
+        ({"learner": "linaer"}, "learner"),
+        ({"rollout": {"strategy": "canery"}}, "rollout"),
+        ({"features": {"ticket": "text_embeding"}}, "feature"),
+    ):
+        rt = runtime(sqlite_url, tmp_path, **agent)
+        with pytest.raises(PluginNotFoundError, match=message):
+            async with rt:
+                pass
