@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import random
 import uuid
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 import torch
+from helpers.steered import TickingClock
 
 from agentrt.config import ModelParametersConfig, TrainingConfig, load_config
 from agentrt.errors import InvalidInputError, PolicyError
@@ -297,17 +297,6 @@ def test_only_a_model_reading_the_history_remembers_the_cue(
 
 
 # -- through the runtime -------------------------------------------------------------------
-
-
-class TickingClock:
-    """One millisecond per reading: distinct, ordered timestamps, so cycles are reproducible."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2030, 1, 1, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        self.now += timedelta(milliseconds=1)
-        return self.now
 
 
 async def play_memory(rt: Runtime, episodes: int, rng: random.Random) -> tuple[float, set[Any]]:

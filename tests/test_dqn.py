@@ -16,7 +16,6 @@ import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -24,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 import torch
+from helpers.steered import TickingClock
 from structlog.testing import capture_logs
 
 from agentrt import Runtime, load_config
@@ -262,17 +262,6 @@ def test_whole_episodes_are_held_out() -> None:
 
 
 # -- through the runtime -------------------------------------------------------------------
-
-
-class TickingClock:
-    """A clock that moves one millisecond on every reading: distinct, ordered timestamps."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2030, 1, 1, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        self.now += timedelta(milliseconds=1)
-        return self.now
 
 
 async def walk(rt: Runtime, corridor: Corridor, episodes: int, rng: random.Random) -> Score:

@@ -15,7 +15,6 @@ import random
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 import torch
+from helpers.steered import TickingClock
 from sqlalchemy import select, update
 from structlog.testing import capture_logs
 
@@ -45,17 +45,6 @@ EPSILON = 0.1  # the default exploration: epsilon-greedy 0.1, decay 0.995, floor
 DECAY = 0.995
 
 Matrix = npt.NDArray[np.float64]
-
-
-class TickingClock:
-    """A clock that moves one millisecond on every reading: distinct, ordered timestamps."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2030, 1, 1, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        self.now += timedelta(milliseconds=1)
-        return self.now
 
 
 def make_config(
