@@ -854,6 +854,9 @@ class Runtime(AsyncContextManagerMixin):
         kind = "reject"
         status: Literal["activated", "canary", "rejected"] = "rejected"
         if passed:
+            if self.config.agents[agent_id].training.incremental:
+                # The incumbent learned every reward; the candidate must not serve with 20% less.
+                trained.learn_held_out()
             policy = trained.policy(stored.version, learner, exploration)
             if stored.status == "canary":
                 self._canaries[agent_id] = policy

@@ -13,23 +13,37 @@ Datasets: scikit-learn's bundled iris, wine, breast_cancer and digits, and two f
 
 Policies, side by side in the same run:
 
-- agentrt, through its public API only: one ``Runtime`` per (configuration, N, seed) on a
-  temporary SQLite file, one agent per dataset, actions ``c0..cK``, contexts
-  ``{"f0": x0, ...}``; each round ``decide()`` then ``reward()``, and every N rounds
-  ``await rt.run_cycle(agent)`` (train on the stored window, validate, hot-swap). Configurations:
-  ``linear`` (the default: ``linear`` learner, no exploration block, hence the exploration
-  derived from ``optimization_parameters``: epsilon-greedy, epsilon 0.1 decaying by 0.995 per
-  activated version, floor 0.01; the uniform baseline until the first version is active) and
-  ``neural`` (``mlp``, 2 hidden layers of 32, 10 epochs, lr 3e-3, same exploration). Both use
-  ``runtime.durability: buffered``, ``training.min_rows: 20``, a window holding the whole pass,
-  the default feature width (64 hashed slots) and validators; a rejected candidate is part of
-  what is measured.
-- agentrt ``linear`` N = 1: the runtime has no per-reward hook yet (a cycle retrains from the
-  stored window), so this row drives agentrt's own parts directly, as such a hook would: the
-  feature encoder (running statistics updated with each context), the linear learner's
-  ``LinearModel.update`` (a Sherman-Morrison rank-one update after every reward, starting from
-  the empty ridge model) and the configuration's exploration strategy, whose distribution the
-  action is drawn from. No validators and no database: it is the learner's best case.
+- agentrt, through its public API only: one ``Runtime`` per (row, dataset, seed) on a
+  temporary SQLite file with ``runtime.pipeline: external``, one agent, actions ``c0..cK``,
+  contexts ``{"f0": x0, ...}``; each round ``decision = await rt.decide(...)`` then
+  ``await rt.reward(decision, r)``. Reporting the reward with its ``Decision`` is what lets the
+  runtime update an incremental active model (``training.incremental``, on by default; the
+  ``linear`` learner supports it) between cycles. ``await rt.run_cycle(agent)`` (train on the
+  stored window, validate, hot-swap) runs on the row's schedule:
+
+  - N = 1 (``linear`` only): per-reward updates through the pipeline. ``await rt.flush()``
+    after every reward, so the active model has learned from it before the next round; the
+    first cycle as soon as ``training.min_rows`` rows exist (this row sets it to 10), then a
+    cycle every ``--refit`` rounds (50), which refreshes the feature scaling.
+  - N = 50, 500: a cycle every N rounds. The runtime would apply the incremental updates in
+    the background every ``runtime.flush_interval``, but this loop never yields to the event
+    loop between cycles (buffered ``decide()`` and ``reward()`` await nothing), so they land
+    only at the cycle's own flush, just before the refit replaces the model: these rows
+    measure a policy updated every N rounds. ``--flush-every K`` adds ``rt.flush()`` every K
+    rounds (a deterministic stand-in for the background batches of an application that awaits
+    I/O between rounds); ``--no-incremental`` sets ``training.incremental: false``.
+
+  Configurations: ``linear`` (the default: ``linear`` learner, no exploration block, hence the
+  exploration derived from ``optimization_parameters``: epsilon-greedy, epsilon 0.1 decaying by
+  0.995 per activated version, floor 0.01; the uniform baseline until the first version is
+  active) and ``neural`` (``mlp``, 2 hidden layers of 32, 10 epochs, lr 3e-3, same exploration;
+  no incremental updates). Both use ``runtime.durability: buffered``, ``training.min_rows: 20``
+  (10 for the N = 1 row), a window holding the whole pass, the default feature width (64 hashed
+  slots) and validators; a rejected candidate is part of what is measured.
+- ``--direct`` (a diagnostic, not the pipeline): the ``linear`` learner's ``LinearModel.update``
+  driven directly after every reward from the empty ridge model, with a feature encoder whose
+  running statistics follow every context and the configuration's exploration strategy. No
+  cycles, validators, held-out split or database: the learner's best case.
 - uniform random: the floor.
 - Vowpal Wabbit ``--cb_explore_adf -q sa`` with ``--epsilon 0.05`` and with ``--squarecb``
   (``vowpalwabbit.Workspace``, ADF text: shared features, one line per action; learns after
@@ -43,9 +57,9 @@ Policies, side by side in the same run:
 is not a peer). The project's target for agentrt's default configuration: the best average
 across datasets, ahead of every peer, and no dataset below 0.95 of the best peer.
 
-    python bench/learning.py                 # 6 datasets, 1 seed, N = 1, 50, 500 (2-5 min, 2 cores)
-    python bench/learning.py --quick         # iris, wine, breast_cancer; 2 seeds; N = 1, 50 (~20 s)
-    python bench/learning.py --seeds 5       # the full protocol: 5 seeds (10-20 min on 2 cores)
+    python bench/learning.py                 # 6 datasets, 1 seed, N = 1, 50, 500 (~2 min, 2 cores)
+    python bench/learning.py --quick         # iris, wine, breast_cancer; 2 seeds; N = 1, 50 (~15 s)
+    python bench/learning.py --seeds 5       # the full protocol: 5 seeds (~8-10 min on 2 cores)
 
 Diagnostics (agentrt settings the default run leaves alone):
 
@@ -54,6 +68,8 @@ Diagnostics (agentrt settings the default run leaves alone):
     python bench/learning.py --configs linear --every 50 --exploration epsilon_greedy --epsilon 0.02
     python bench/learning.py --configs linear --every 50 --feature-dim 256      # fewer collisions
     python bench/learning.py --configs linear --every 50 --ridge 0.1 --holdout 0.1
+    python bench/learning.py --configs linear --every 50 --no-incremental  # cycles alone
+    python bench/learning.py --configs linear --every 1 --direct   # LinearModel.update, no runtime
 """
 
 from __future__ import annotations
@@ -67,7 +83,7 @@ import statistics
 import tempfile
 import time
 import zlib
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +108,10 @@ CONFIGS = ("linear", "neural")
 INCREMENTAL = ("linear",)  # configurations whose learner updates after every reward (N = 1)
 DEFAULT_CONFIG = "linear"
 DEFAULT_FEATURE_DIM = 64
+MIN_ROWS = 20  # training.min_rows of the rows that cycle every N rounds
+ONLINE_MIN_ROWS = 10  # training.min_rows of the N = 1 row: its first cycle comes this early
+DIRECT = "agentrt linear direct"  # the --direct diagnostic
+WIDTH = 54  # the policy column
 LABELS = {
     "uniform": "uniform random",
     "vw_epsilon": "VW cb_explore_adf epsilon 0.05",
@@ -295,10 +315,59 @@ class AgentRun:
     final_exploration: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """When an agentrt row learns: ``run_cycle`` after ``first`` rounds (when set) and every
+    ``every`` rounds; ``rt.flush()`` every ``flush`` rounds (0: never), so an incremental model
+    has learned from the rewards so far before the next decision."""
+
+    every: int
+    first: int | None = None
+    flush: int = 0
+    min_rows: int = MIN_ROWS
+
+    @classmethod
+    def for_row(cls, every: int, args: argparse.Namespace) -> Schedule:
+        if every == 1:
+            return cls(args.refit, first=ONLINE_MIN_ROWS, flush=1, min_rows=ONLINE_MIN_ROWS)
+        return cls(every, flush=args.flush_every)
+
+    def due(self, rounds: int) -> bool:
+        return rounds == self.first or rounds % self.every == 0
+
+    def flushes(self, rounds: int) -> bool:
+        return self.flush > 0 and rounds % self.flush == 0
+
+
+def row_label(config: str, every: int) -> str:
+    return f"agentrt {config} N={every}"
+
+
+def row_title(config: str, every: int, args: argparse.Namespace) -> str:
+    """What the row is, as printed (the N = 1 row's cycles are not every round)."""
+    if every > 1 and args.flush_every:
+        return f"agentrt {config}, cycle every {every}, flush every {args.flush_every}"
+    if every > 1:
+        return f"agentrt {config}, cycle every {every}"
+    if args.no_incremental:
+        return f"agentrt {config}, cycle at {ONLINE_MIN_ROWS} + every {args.refit}, no per-reward"
+    return f"agentrt {config}, per-reward updates + cycle every {args.refit}"
+
+
 def agentrt_config(
-    path: Path, variant: str, seed: int, datasets: dict[str, Dataset], args: argparse.Namespace
+    path: Path,
+    variant: str,
+    seed: int,
+    datasets: dict[str, Dataset],
+    args: argparse.Namespace,
+    min_rows: int = MIN_ROWS,
 ) -> Any:
-    training: dict[str, Any] = {"min_rows": 20, "window": 100_000, "feature_dim": args.feature_dim}
+    training: dict[str, Any] = {
+        "min_rows": min_rows,
+        "window": 100_000,
+        "feature_dim": args.feature_dim,
+        "incremental": not args.no_incremental,
+    }
     if args.ridge is not None:
         training["ridge"] = args.ridge
     if args.holdout is not None:
@@ -350,42 +419,43 @@ def agentrt_config(
 
 async def run_agentrt(
     variant: str,
-    every: int,
+    schedule: Schedule,
     seed: int,
-    datasets: dict[str, Dataset],
-    orders: dict[str, npt.NDArray[np.int64]],
-    workdir: Path,
+    data: Dataset,
+    order: npt.NDArray[np.int64],
+    path: Path,
     args: argparse.Namespace,
-) -> dict[str, AgentRun]:
-    path = workdir / f"learning-{variant}-{every}-{seed}.db"
-    config = agentrt_config(path, variant, seed, datasets, args)
-    runs: dict[str, AgentRun] = {}
+) -> AgentRun:
+    """One pass of ``data`` through a fresh runtime (its own database), on ``schedule``."""
+    name = data.name
+    config = agentrt_config(path, variant, seed, {name: data}, args, schedule.min_rows)
+    contexts = [{f"f{j}": float(v) for j, v in enumerate(row)} for row in data.x]
+    labels = [f"c{k}" for k in data.y]
+    run = AgentRun(0.0, 0.0, 0.0, 0.0)
+    total = 0.0
+    n = len(order)
     async with Runtime(config) as rt:
-        for name, data in datasets.items():
-            contexts = [{f"f{j}": float(v) for j, v in enumerate(row)} for row in data.x]
-            labels = [f"c{k}" for k in data.y]
-            run = AgentRun(0.0, 0.0, 0.0, 0.0)
-            total = 0.0
-            started = time.perf_counter()
-            n = len(orders[name])
-            for i, row in enumerate(orders[name]):
-                decision = await rt.decide(name, contexts[row])
-                reward = 1.0 if decision.action == labels[row] else 0.0
-                await rt.reward(decision, reward)
-                total += reward
-                if (i + 1) % every == 0 and i + 1 < n:
-                    report = (await rt.run_cycle(name))[name]
-                    run.cycle_seconds += report.seconds
-                    run.fit_seconds += float(report.metrics.get("fit_seconds") or 0.0)
-                    run.statuses[report.status] += 1
-                    if report.status == "rejected" and report.reason:
-                        for part in report.reason.split("; "):
-                            run.rejected_by[part.split(":", 1)[0]] += 1
-                run.final_exploration = dict(decision.exploration)
-            run.seconds = time.perf_counter() - started
-            run.reward = total / n
-            runs[name] = run
-    return runs
+        started = time.perf_counter()
+        for i, row in enumerate(order):
+            decision = await rt.decide(name, contexts[row])
+            reward = 1.0 if decision.action == labels[row] else 0.0
+            # The Decision, not its id: it carries what the incremental update needs.
+            await rt.reward(decision, reward)
+            if schedule.flushes(i + 1):
+                await rt.flush()
+            total += reward
+            if i + 1 < n and schedule.due(i + 1):
+                report = (await rt.run_cycle(name))[name]
+                run.cycle_seconds += report.seconds
+                run.fit_seconds += float(report.metrics.get("fit_seconds") or 0.0)
+                run.statuses[report.status] += 1
+                if report.status == "rejected" and report.reason:
+                    for part in report.reason.split("; "):
+                        run.rejected_by[part.split(":", 1)[0]] += 1
+            run.final_exploration = dict(decision.exploration or {})
+        run.seconds = time.perf_counter() - started
+    run.reward = total / n
+    return run
 
 
 def run_incremental(
@@ -395,7 +465,7 @@ def run_incremental(
     workdir: Path,
     args: argparse.Namespace,
 ) -> dict[str, AgentRun]:
-    """N = 1 for the ``linear`` configuration: the parts a per-reward runtime hook would run."""
+    """``--direct``: the ``linear`` learner updated after every reward, outside the runtime."""
     config = agentrt_config(workdir / "unused.db", "linear", seed, datasets, args)
     runs: dict[str, AgentRun] = {}
     for name, data in datasets.items():
@@ -438,6 +508,7 @@ def print_dataset(
     agentrt_labels: list[str],
     agent_runs: dict[str, dict[str, list[AgentRun]]],
     feature_dim: int,
+    titles: dict[str, str],
 ) -> None:
     name = data.name
     slots = hashed_slots(data.x.shape[1], feature_dim)
@@ -446,7 +517,7 @@ def print_dataset(
         f"(agentrt hashes them into {slots} distinct slots of {feature_dim})"
     )
     best_peer = max(statistics.fmean(scores[p][name]) for p in PEERS)
-    print(f"  {'policy':<38} {'reward':>7} {'± std':>7}  {'/ best peer':>11}")
+    print(f"  {'policy':<{WIDTH}} {'reward':>7} {'± std':>7}  {'/ best peer':>11}")
     for label in [CEILING, *PEERS, *agentrt_labels]:
         m, s = mean_std(scores[label][name])
         spread = f"{s:7.3f}" if len(scores[label][name]) > 1 else f"{'-':>7}"
@@ -460,8 +531,8 @@ def print_dataset(
             fit = sum(r.fit_seconds for r in runs) / spent if spent else 0.0
             eps = runs[-1].final_exploration.get("epsilon")
             extra = "  cycles " + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items()))
-            if label.endswith(" N=1"):
-                extra = "  per-reward updates, no cycle"
+            if label == DIRECT:
+                extra = "  LinearModel.update after every reward, no runtime"
             elif not statuses:
                 extra = "  no cycle (the pass is not longer than N)"
             if rejected:
@@ -470,7 +541,7 @@ def print_dataset(
                 extra += f"; {cycle * 1000:.0f} ms/cycle ({fit:.0%} in fit)"
             if eps is not None:
                 extra += f"; final epsilon {eps:.3f}"
-        print(f"  {LABELS.get(label, label):<38} {m:7.3f} {spread}  {m / best_peer:11.3f}{extra}")
+        print(f"  {titles[label]:<{WIDTH}} {m:7.3f} {spread}  {m / best_peer:11.3f}{extra}")
 
 
 def verdict(
@@ -513,20 +584,25 @@ async def main(args: argparse.Namespace) -> None:
         }
         for seed in seeds
     }
-    agentrt_labels = [
-        f"agentrt {c} N={n}" for c in args.configs for n in args.every if n > 1 or c in INCREMENTAL
-    ]
+    rows = [(c, n) for c in args.configs for n in args.every if n > 1 or c in INCREMENTAL]
+    agentrt_labels = [row_label(c, n) for c, n in rows]
+    titles = {**LABELS, **{row_label(c, n): row_title(c, n, args) for c, n in rows}}
+    if args.direct:
+        agentrt_labels.append(DIRECT)
+        titles[DIRECT] = "diagnostic: LinearModel.update direct (no pipeline)"
     scores: dict[str, dict[str, list[float]]] = {
         p: {n: [] for n in datasets} for p in [CEILING, *PEERS, *agentrt_labels]
     }
-    seconds: Counter[str] = Counter()
+    seconds: defaultdict[str, float] = defaultdict(float)
     agent_runs: dict[str, dict[str, list[AgentRun]]] = {
         label: {n: [] for n in datasets} for label in agentrt_labels
     }
     print(
         f"supervised-to-bandit, one pass per seed; datasets {', '.join(datasets)}; "
         f"seeds {len(seeds)}; agentrt cycles every N = {', '.join(map(str, args.every))} rounds "
-        f"(N = 1: per-reward updates of the {', '.join(INCREMENTAL)} learner, driven directly)"
+        f"(N = 1: per-reward updates through the runtime, rt.flush() every round, cycles at "
+        f"{ONLINE_MIN_ROWS} rows and every {args.refit}); incremental updates "
+        f"{'off' if args.no_incremental else 'on'}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         for seed in seeds:
@@ -535,32 +611,35 @@ async def main(args: argparse.Namespace) -> None:
                 for name, data in datasets.items():
                     scores[peer][name].append(run_peer(peer, data, orders[seed][name], seed, args))
                 seconds[peer] += time.perf_counter() - started
-            for config in args.configs:
-                for every in args.every:
-                    label = f"agentrt {config} N={every}"
-                    if label not in agentrt_labels:
-                        continue
+            for config, every in rows:
+                label = row_label(config, every)
+                schedule = Schedule.for_row(every, args)
+                for name, data in datasets.items():
+                    path = Path(tmp) / f"learning-{config}-{every}-{name}-{seed}.db"
                     started = time.perf_counter()
-                    if every == 1:
-                        runs = run_incremental(seed, datasets, orders[seed], Path(tmp), args)
-                    else:
-                        runs = await run_agentrt(
-                            config, every, seed, datasets, orders[seed], Path(tmp), args
-                        )
+                    run = await run_agentrt(
+                        config, schedule, seed, data, orders[seed][name], path, args
+                    )
                     seconds[label] += time.perf_counter() - started
-                    for name, run in runs.items():
-                        scores[label][name].append(run.reward)
-                        agent_runs[label][name].append(run)
+                    scores[label][name].append(run.reward)
+                    agent_runs[label][name].append(run)
+            if args.direct:
+                started = time.perf_counter()
+                runs = run_incremental(seed, datasets, orders[seed], Path(tmp), args)
+                seconds[DIRECT] += time.perf_counter() - started
+                for name, run in runs.items():
+                    scores[DIRECT][name].append(run.reward)
+                    agent_runs[DIRECT][name].append(run)
             print(f"  seed {seed} done ({sum(seconds.values()):.0f} s so far)", flush=True)
 
     names = list(datasets)
     for data in datasets.values():
-        print_dataset(data, scores, agentrt_labels, agent_runs, args.feature_dim)
+        print_dataset(data, scores, agentrt_labels, agent_runs, args.feature_dim, titles)
 
     print(f"\naverage progressive reward across {len(names)} datasets (wall seconds, all seeds):")
     for label in [CEILING, *PEERS, *agentrt_labels]:
         avg = statistics.fmean(statistics.fmean(scores[label][n]) for n in names)
-        print(f"  {LABELS.get(label, label):<38} {avg:7.3f}   {seconds[label]:7.1f} s")
+        print(f"  {titles[label]:<{WIDTH}} {avg:7.3f}   {seconds[label]:7.1f} s")
 
     report: dict[str, Any] = {
         "protocol": "supervised-to-bandit, one pass, progressive average reward",
@@ -570,6 +649,10 @@ async def main(args: argparse.Namespace) -> None:
         },
         "seeds": len(seeds),
         "every": args.every,
+        "incremental": not args.no_incremental,
+        "flush_every": args.flush_every,
+        "online_schedule": {"min_rows": ONLINE_MIN_ROWS, "refit": args.refit},
+        "titles": {label: titles[label] for label in agentrt_labels},
         "feature_dim": args.feature_dim,
         "raw_features": args.raw_features,
         "validators": args.validators,
@@ -610,15 +693,14 @@ async def main(args: argparse.Namespace) -> None:
             f"{config.agents[first].training.ridge:g}). Target: best average across datasets, "
             f"ahead of every peer, no dataset below 0.95 of the best peer."
         )
-        for every in args.every:
-            label = f"agentrt {DEFAULT_CONFIG} N={every}"
-            if label not in agentrt_labels:
+        for label in agentrt_labels:
+            if label == DIRECT or not label.startswith(f"agentrt {DEFAULT_CONFIG} "):
                 continue
             result = verdict(label, scores, names)
             report["targets"][label] = result
             ratios = ", ".join(f"{n} {r:.2f}" for n, r in result["ratio_to_best_peer"].items())
             print(
-                f"  N={every}: average {result['average']:.3f}, rank {result['rank']} of "
+                f"  {titles[label]}: average {result['average']:.3f}, rank {result['rank']} of "
                 f"{result['of']} (best peer {LABELS[result['best_peer']]} "
                 f"{result['best_peer_average']:.3f}); ratio to the best peer: {ratios}; "
                 f"target {'MET' if result['target_met'] else 'NOT MET'}"
@@ -639,6 +721,29 @@ if __name__ == "__main__":
         nargs="+",
         default=[1, 50, 500],
         help="rounds between learning cycles (1: per-reward updates, linear only)",
+    )
+    parser.add_argument(
+        "--refit",
+        type=int,
+        default=50,
+        help="N = 1 row: rounds between its cycles (after the first, at 10 rows)",
+    )
+    parser.add_argument(
+        "--no-incremental",
+        action="store_true",
+        help="agentrt training.incremental: false (no per-reward updates between cycles)",
+    )
+    parser.add_argument(
+        "--flush-every",
+        type=int,
+        default=0,
+        help="N > 1 rows: rt.flush() every K rounds, so incremental updates land between "
+        "cycles (default 0: only the cycle's own flush)",
+    )
+    parser.add_argument(
+        "--direct",
+        action="store_true",
+        help="add the diagnostic row: LinearModel.update driven directly, not the pipeline",
     )
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
     parser.add_argument(
@@ -663,6 +768,10 @@ if __name__ == "__main__":
     parsed = parser.parse_args()
     if any(n < 1 for n in parsed.every):
         parser.error("--every must be at least 1")
+    if parsed.refit < 1:
+        parser.error("--refit must be at least 1")
+    if parsed.flush_every < 0:
+        parser.error("--flush-every must not be negative")
     if not math.isfinite(parsed.linucb_alpha):
         parser.error("--linucb-alpha must be finite")
     anyio.run(main, parsed)

@@ -551,3 +551,19 @@ async def test_a_runtime_refuses_to_start_with_an_unknown_plugin_name(
         with pytest.raises(PluginNotFoundError, match=message):
             async with rt:
                 pass
+
+
+@pytest.mark.parametrize("incremental", [True, False])
+async def test_an_incremental_candidate_learns_its_held_out_rows_once_validated(
+    sqlite_url: str, tmp_path: Path, incremental: bool
+) -> None:
+    """Validation needs rows the candidate did not train on; once it passed, an incremental
+    model learns them too, so it serves having seen every row (as the model it replaces)."""
+    rt = runtime(sqlite_url, tmp_path, learner="linear", training={"incremental": incremental})
+    async with rt:
+        await play(rt, 100, random.Random(13))
+        cycle = (await rt.run_cycle("router"))["router"]
+        assert cycle.status == "activated"
+        assert cycle.metrics["holdout_rows"] == 20
+        served = rt._policies["router"][0].model.tensors()["rows"].sum().item()
+    assert served == (100 if incremental else 80)

@@ -34,7 +34,7 @@ from agentrt.policy import LearnedPolicy
 from agentrt.schemas import Experience, PolicyStatus, PolicyVersion
 from agentrt.storage import repositories
 from agentrt.storage.engine import Database
-from agentrt.types import FeatureExtractor, Learner, RewardModel
+from agentrt.types import FeatureExtractor, IncrementalModel, Learner, RewardModel
 
 __all__ = ["ModelUpdater", "Trained", "load_policy"]
 
@@ -53,6 +53,17 @@ class Trained:
 
     def policy(self, version: int, learner: str, exploration: Strategy) -> LearnedPolicy:
         return LearnedPolicy(version, learner, self.model, self.encoder, self.actions, exploration)
+
+    def learn_held_out(self) -> int:
+        """Teach an incremental model the held-out rows, once they have served validation, so
+        the version that goes live has learned from every row, as the incrementally updated
+        model it replaces had. Returns the rows learned (0 for other models: they serve as
+        trained). The stored artifact stays the validated model; the next refit reconciles."""
+        if not self.held_out or not isinstance(self.model, IncrementalModel):
+            return 0
+        held = BanditData.from_experience(self.held_out, self.encoder, self.actions)
+        self.model.update(held.features, held.action_index, held.rewards)
+        return len(held)
 
 
 def _train(
