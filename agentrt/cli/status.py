@@ -187,8 +187,8 @@ async def agent_status(session: AsyncSession, agent_id: str, now: datetime) -> A
     rewards = [float(value) for value in (await session.execute(rewards_query)).scalars()]
     active = await repositories.active_policy_version(session, agent_id)
     canary = await repositories.policy_with_status(session, agent_id, "canary")
-    fraction = await session.scalar(select(AgentRow.config).where(AgentRow.agent_id == agent_id))
-    share = ((fraction or {}).get("rollout") or {}).get("fraction")
+    stored = await session.scalar(select(AgentRow.config).where(AgentRow.agent_id == agent_id))
+    share = ((stored or {}).get("rollout") or {}).get("fraction")
     health = await session.scalar(
         select(KnowledgeRow.payload)
         .where(KnowledgeRow.agent_id == agent_id, KnowledgeRow.kind == "exploration_health")

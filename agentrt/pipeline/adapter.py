@@ -18,7 +18,7 @@ import math
 import sqlite3
 from dataclasses import replace
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeGuard
 
 from sqlalchemy import func, select
 
@@ -144,7 +144,7 @@ class StrategyAdapter:
                 f"at {last.get('change_at')}: exploration re-opened"
             )
         reported = (knowledge.get("exploration_health") or {}).get("reward_staleness_seconds")
-        if isinstance(reported, int | float) and math.isfinite(reported):
+        if _finite_number(reported):
             stale = float(reported)
             before = self._staleness.get(agent_id)
             self._staleness[agent_id] = stale
@@ -219,7 +219,7 @@ class StrategyAdapter:
         return False, {}
 
 
-def _finite_number(value: object) -> bool:
+def _finite_number(value: object) -> TypeGuard[float]:
     return isinstance(value, int | float) and math.isfinite(value)
 
 

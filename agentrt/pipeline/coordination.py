@@ -29,14 +29,11 @@ from agentrt.storage import repositories
 from agentrt.storage.engine import Database, storage_errors
 
 __all__ = [
-    "CHANNEL",
     "agent_lock",
     "listen_for_policy_changes",
     "lock_key",
     "worker_file_lock",
 ]
-
-CHANNEL = repositories.POLICY_CHANNEL
 
 log = get_logger(__name__)
 
@@ -102,13 +99,13 @@ async def listen_for_policy_changes(
         def deliver(_connection: object, _pid: int, _channel: str, payload: str) -> None:
             on_change(payload)
 
-        await driver.add_listener(CHANNEL, deliver)
+        await driver.add_listener(repositories.POLICY_CHANNEL, deliver)
         try:
             yield True
         finally:
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                 # The connection may already be gone; closing it ends the LISTEN anyway.
-                await driver.remove_listener(CHANNEL, deliver)
+                await driver.remove_listener(repositories.POLICY_CHANNEL, deliver)
     finally:
         with anyio.CancelScope(shield=True):
             await conn.close()

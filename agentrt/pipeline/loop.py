@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from agentrt.durations import format_duration
-from agentrt.errors import AgentRTError, StorageError
+from agentrt.errors import AgentRTError
 from agentrt.log import get_logger
 from agentrt.pipeline.coordination import agent_lock
 from agentrt.schemas import AgentCycle
@@ -161,7 +161,7 @@ class LearningLoop:
                     stage=stage,
                     details={"error": f"{type(exc).__name__}: {exc}"[:2000]},
                 )
-        except (StorageError, AgentRTError) as storage_exc:
+        except AgentRTError as storage_exc:
             log.warning("metric_not_recorded", metric="stage_failed", error=str(storage_exc))
 
 
