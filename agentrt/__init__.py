@@ -22,6 +22,7 @@ from agentrt.errors import (
     PolicyError,
     SchemaOutdatedError,
     StorageError,
+    TrainingProcessError,
     UnknownActionError,
     UnknownDecisionError,
 )
@@ -89,6 +90,7 @@ __all__ = [
     "SequenceModel",
     "StorageError",
     "StrategyUpdate",
+    "TrainingProcessError",
     "UnknownActionError",
     "UnknownDecisionError",
     "Validator",

@@ -192,6 +192,11 @@ class RuntimeConfig(_Section):
     flush_interval: PositiveDuration = timedelta(milliseconds=100)
     backpressure: Literal["block", "error"] = "block"
     pipeline: Literal["embedded", "external"] = "embedded"
+    # Where a learning cycle's heavy work (reading experience, analysis, training,
+    # validation) runs: `process` keeps it off the serving process's interpreter (its GIL and
+    # its cores); `thread` runs it in worker threads; `auto` = process with an embedded
+    # pipeline, thread otherwise (a worker or an explicit run_cycle() serves nothing).
+    training: Literal["auto", "thread", "process"] = "auto"
     device: Annotated[str, AfterValidator(_check_device)] = "auto"
     seed: int | None = None
     auto_migrate: bool | None = None

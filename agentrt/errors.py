@@ -22,6 +22,7 @@ __all__ = [
     "PolicyError",
     "SchemaOutdatedError",
     "StorageError",
+    "TrainingProcessError",
     "UnknownActionError",
     "UnknownDecisionError",
 ]
@@ -176,3 +177,8 @@ class PolicyError(AgentRTError):
 
 class ArtifactIntegrityError(PolicyError):
     """A stored policy artifact failed its checksum or metadata verification."""
+
+
+class TrainingProcessError(PolicyError):
+    """A learning stage failed in its training process (``runtime.training: process``); the
+    message carries the child's exception type and message, its log has the traceback."""

@@ -168,9 +168,12 @@ class PluginRegistry:
     ) -> None:
         self._lazy: dict[tuple[str, str], str] = {(kind, name): ref for kind, name, ref in builtins}
         self._loaded: dict[tuple[str, str], Plugin] = {}
+        # Plugins registered by code: another process that builds its registry from the same
+        # configuration would not have them (see `runtime.training`).
+        self.registered_in_code: list[str] = []
         for reference in enable:
             for plugin in self._load_reference(reference):
-                self.register(plugin)
+                self._add(plugin)
 
     @classmethod
     def from_config(cls, enable: Iterable[str]) -> PluginRegistry:
@@ -179,6 +182,10 @@ class PluginRegistry:
 
     def register(self, plugin: Plugin) -> None:
         """Add a plugin; a third-party plugin may not silently replace another one."""
+        self._add(plugin)
+        self.registered_in_code.append(f"{plugin.kind}/{plugin.name}")
+
+    def _add(self, plugin: Plugin) -> None:
         key = (plugin.kind, plugin.name)
         existing = self._loaded.get(key)
         if existing is not None and existing.factory is not plugin.factory:

@@ -62,6 +62,7 @@ from agentrt.pipeline.collector import (
 )
 from agentrt.pipeline.coordination import agent_lock, listen_for_policy_changes
 from agentrt.pipeline.extractor import KnowledgeExtractor
+from agentrt.pipeline.offload import resolve_training
 from agentrt.pipeline.spill import ExperienceRecord, SpillDirectory
 from agentrt.plugins import PluginRegistry
 from agentrt.policy import BaselinePolicy, Choice, LearnedPolicy
@@ -72,6 +73,7 @@ from agentrt.schemas import (
     DecisionMode,
     Episode,
     Feedback,
+    Knowledge,
     PolicyVersion,
     StrategyUpdate,
 )
@@ -79,13 +81,12 @@ from agentrt.storage import bulk, repositories
 from agentrt.storage.engine import Database
 from agentrt.storage.migrate import ensure_schema
 from agentrt.types import IncrementalModel, Processor, Rollout
-from agentrt.validation import ValidationContext, run_validators
 
 if TYPE_CHECKING:
     # torch is imported only once a runtime learns or serves a learned policy.
     from agentrt.pipeline.loop import LearningLoop
     from agentrt.pipeline.rollout import Verdict
-    from agentrt.pipeline.updater import ModelUpdater, Trained
+    from agentrt.pipeline.updater import Candidate, ModelUpdater
 
 __all__ = ["Runtime"]
 
@@ -138,6 +139,9 @@ class Runtime(AsyncContextManagerMixin):
         self._extractor: KnowledgeExtractor | None = None
         self._adapter: StrategyAdapter | None = None
         self._limiter: anyio.CapacityLimiter | None = None
+        # Where cycles compute (see `runtime.training`), resolved at start.
+        self._training: Literal["thread", "process"] = "thread"
+        self._process_limiter = anyio.CapacityLimiter(1)
         self._stopping = anyio.Event()
         self._swept: dict[str, datetime] = {}
         # Serving: per agent the active learned policy, then its predecessor (the fallback).
@@ -182,6 +186,7 @@ class Runtime(AsyncContextManagerMixin):
     @asynccontextmanager
     async def __asynccontextmanager__(self) -> AsyncIterator[Runtime]:
         self._require_plugins()
+        self._training, why = resolve_training(self.config, self.registry)
         db = Database(self.config.database)
         try:
             await ensure_schema(db, self.config.runtime.auto_migrate)
@@ -230,7 +235,13 @@ class Runtime(AsyncContextManagerMixin):
                 await tg.start(run_collector)
                 for run, _ in stages:
                     tg.start_soon(run)
-                log.info("runtime_started", database=db.masked_url, agents=list(self.config.agents))
+                log.info(
+                    "runtime_started",
+                    database=db.masked_url,
+                    agents=list(self.config.agents),
+                    training=self._training,
+                    training_reason=why,
+                )
                 try:
                     yield self
                 finally:
@@ -743,7 +754,6 @@ class Runtime(AsyncContextManagerMixin):
             return await self._locked_cycle(agent_id, trigger)
 
     async def _locked_cycle(self, agent_id: str, trigger: str) -> AgentCycle:
-        updater = self._model_updater()
         started = time.perf_counter()
         started_at = self._clock()
         self._cycles[agent_id] += 1
@@ -751,7 +761,7 @@ class Runtime(AsyncContextManagerMixin):
         extracted: dict[str, Any] = {}
         try:
             if self._extractor is not None:
-                knowledge = await self._extractor.extract(agent_id)
+                knowledge = await self._extract(self._extractor, agent_id)
                 extracted = {item.kind: item.payload for item in knowledge}
             await self._check_regression(agent_id)
             canary = await self._check_canary(agent_id)
@@ -770,7 +780,7 @@ class Runtime(AsyncContextManagerMixin):
                 )
             else:
                 report = await self._train_and_validate(
-                    agent_id, updater, exploration, active, parent, extracted
+                    agent_id, exploration, active, parent, extracted
                 )
             await self._consider_going_live(agent_id)
         except Exception as exc:  # the stage supervisor: log, record, keep serving
@@ -821,43 +831,92 @@ class Runtime(AsyncContextManagerMixin):
             log.warning("metric_not_recorded", metric="learning_cycle", error=str(exc))
         return report
 
+    async def _extract(self, extractor: KnowledgeExtractor, agent_id: str) -> list[Knowledge]:
+        if self._training == "thread":
+            return await extractor.extract(agent_id)
+        from agentrt.pipeline.offload import extract_in_process
+
+        findings, window = await extract_in_process(
+            self.config, agent_id, extractor.window(agent_id), self._process_limiter
+        )
+        extractor.resume(agent_id, window)
+        return findings
+
+    async def _candidate(
+        self, agent_id: str, exploration: Strategy, active: LearnedPolicy | None
+    ) -> Candidate:
+        cycle, optimizer = self._cycles[agent_id], self._optimizer.get(agent_id)
+        if self._training == "thread":
+            return await self._model_updater().candidate(
+                agent_id,
+                cycle=cycle,
+                optimizer=optimizer,
+                exploration=exploration,
+                active=active,
+                baseline=self._baselines[agent_id],
+            )
+        from agentrt.learning.artifacts import sha256
+        from agentrt.pipeline.offload import ActiveArtifact, candidate_in_process
+        from agentrt.pipeline.updater import serving_artifact
+
+        reference = None
+        if active is not None:
+            artifact = serving_artifact(active)
+            reference = ActiveArtifact(active.version, active.learner, artifact, sha256(artifact))
+        return await candidate_in_process(
+            self.config,
+            agent_id,
+            cycle=cycle,
+            optimizer=optimizer,
+            exploration=exploration,
+            active=reference,
+            limiter=self._process_limiter,
+        )
+
     async def _train_and_validate(
         self,
         agent_id: str,
-        updater: ModelUpdater,
         exploration: Strategy,
         active: list[LearnedPolicy],
         parent: int | None,
         extracted: dict[str, Any],
     ) -> AgentCycle:
-        trained, rows, learner = await updater.train(
-            agent_id, self._cycles[agent_id], self._optimizer.get(agent_id)
-        )
-        if trained is None:
+        candidate = await self._candidate(agent_id, exploration, active[0] if active else None)
+        if candidate.artifact is None:
             minimum = self.config.agents[agent_id].training.min_rows
             return AgentCycle(
                 agent_id=agent_id,
                 status="skipped",
-                reason=f"{rows} usable rows, fewer than training.min_rows ({minimum})",
-                rows=rows,
-                learner=learner,
+                reason=f"{candidate.rows} usable rows, fewer than training.min_rows ({minimum})",
+                rows=candidate.rows,
+                learner=candidate.learner,
                 active_version=parent,
                 knowledge=extracted,
             )
-        validation = await self._validate(agent_id, trained, learner, exploration, active)
-        passed = bool(validation["passed"])
+        validation = candidate.validation
         rollout = self._rollout(agent_id)
-        stored = await updater.store(
-            agent_id, learner, trained, parent, validation, rollout.initial_status()
+        stored = await self._model_updater().store(
+            agent_id, candidate, parent, rollout.initial_status()
         )
         before = describe_strategy(parent, exploration)
         kind = "reject"
         status: Literal["activated", "canary", "rejected"] = "rejected"
-        if passed:
-            if self.config.agents[agent_id].training.incremental:
-                # The incumbent learned every reward; the candidate must not serve with 20% less.
-                trained.learn_held_out()
-            policy = trained.policy(stored.version, learner, exploration)
+        if candidate.passed and candidate.serving is not None:
+            from agentrt.learning.artifacts import sha256
+            from agentrt.pipeline.updater import policy_from_artifact
+
+            # What serves is rebuilt from its artifact and verified like any stored version.
+            load = functools.partial(
+                policy_from_artifact,
+                agent_id,
+                stored.version,
+                candidate.learner,
+                candidate.serving,
+                sha256(candidate.serving),
+                self.registry,
+                exploration,
+            )
+            policy = await anyio.to_thread.run_sync(load, limiter=self._limiter)
             if stored.status == "canary":
                 self._canaries[agent_id] = policy
                 self._canary_started[agent_id] = self._clock()
@@ -885,13 +944,13 @@ class Runtime(AsyncContextManagerMixin):
             details,
         )
         await self._retune(agent_id, extracted, promoted=kind == "promote")
-        await self._adapt_learning_rate(agent_id, trained.metrics)
+        await self._adapt_learning_rate(agent_id, candidate.metrics)
         return AgentCycle(
             agent_id=agent_id,
             status=status,
             reason=stored.status_reason,
-            rows=rows,
-            learner=learner,
+            rows=candidate.rows,
+            learner=candidate.learner,
             candidate_version=stored.version,
             active_version=self.active_version(agent_id),
             metrics=stored.metrics,
@@ -1133,31 +1192,6 @@ class Runtime(AsyncContextManagerMixin):
         self._agent(agent_id)
         reason = f"rolled back by hand to {'v' + str(to) if to is not None else 'the predecessor'}"
         return await self._roll_back(agent_id, to, reason, {}, manual=True)
-
-    async def _validate(
-        self,
-        agent_id: str,
-        trained: Trained,
-        learner: str,
-        exploration: Strategy,
-        active: list[LearnedPolicy],
-    ) -> dict[str, Any]:
-        validators = [
-            self.registry.create("validator", name, self.config)
-            for name in self.config.agents[agent_id].validation.validators
-        ]
-        context = ValidationContext(
-            agent_id=agent_id,
-            config=self.config,
-            candidate=trained.policy(0, learner, exploration),
-            active=active[0] if active else None,
-            baseline=self._baselines[agent_id],
-            held_out=trained.held_out,
-            metrics=trained.metrics,
-        )
-        return await anyio.to_thread.run_sync(
-            run_validators, validators, context, limiter=self._limiter
-        )
 
     # -- reporting -----------------------------------------------------------------------
 

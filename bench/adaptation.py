@@ -8,8 +8,8 @@ the N-th reward is acknowledged and t0 is taken. ``await rt.run_cycle(agent)`` t
 validates and activates; the figure is the seconds from t0 until the report says ``activated``
 and ``rt.active_version()`` is the new candidate (a rejected or failed candidate is reported
 with its reason). The embedded learning loop is off (``runtime.pipeline: external``), so no
-triggered cycle runs besides the measured ones; ``run_cycle`` still trains in this process,
-in a worker thread, as the embedded pipeline does. The cycle reads at most
+triggered cycle runs besides the measured ones, and ``run_cycle`` trains in worker threads of
+this process, as ``agentrt worker`` does (``runtime.training: auto``). The cycle reads at most
 ``training.window`` rows (50,000 by default, so N = 100k trains on the newest 50k;
 ``--window`` changes it).
 
@@ -28,10 +28,13 @@ learner's ``fit`` on the in-memory arrays (no database), with the cycle's seed, 
 device. The report prints ``to active / bare fit``. Each learner is warmed up once per device
 (imports, first torch calls) before anything is timed, as in a process that has been running.
 
-**decide() under training.** Per learner and device: a runtime with an active policy (trained on
-``--latency-rows`` rows) serves ``decide()`` paced at one call per ``--interval-us`` (an
-application serving about 1,000 decisions a second), each call timed alone with
-``perf_counter_ns``. Meanwhile a task of the same task group alternates idle windows and
+**decide() under training.** Per learner, device and ``runtime.training`` mode (``--training``;
+``process``, the embedded pipeline's default: the cycle's reading, analysis, fit and validation
+run in the runtime's training process, the application's process stores and loads the result;
+``thread``: all of it in worker threads of the application's process): a runtime with an
+active policy (trained on ``--latency-rows`` rows) serves ``decide()`` paced at one call per
+``--interval-us`` (an application serving about 1,000 decisions a second), each call timed alone
+with ``perf_counter_ns``. Meanwhile a task of the same task group alternates idle windows and
 ``run_cycle`` calls, each idle window as long as the cycle before it, until both hold ``--calls``
 samples (or ``--max-cycles`` cycles ran): idle and training samples are interleaved in time, so
 other load on the machine weighs on both alike. A call counts for the window it started and
@@ -40,9 +43,9 @@ ended in. Printed: p50/p99 idle and during the cycle, and the ratio of the p99s 
 (64 inputs, 2 x 64 hidden, one output per action, single sample, ``inference_mode``): the
 ceiling, idle and under the same contention. Also printed: the event-loop lag (how late the
 paced wake-up came: work that a cycle does on the event loop delays every caller, though no
-single ``decide()`` shows it) and the p99 of the calls made while the worker thread was busy
-(analysis, fit, validation). The cyclic GC runs as usual (``--gc-off`` disables it) and is
-collected before the idle windows.
+single ``decide()`` shows it) and the p99 of the calls made while the heavy work ran (in the
+worker thread or the training process). The cyclic GC runs as usual (``--gc-off`` disables
+it) and is collected before the idle windows.
 
     python bench/adaptation.py --quick                        # N = 1k, linear and neural (~1 min)
     python bench/adaptation.py                                # N = 1k, 10k, 100k; every learner
@@ -184,7 +187,12 @@ def task_actions(learner: str) -> tuple[str, ...]:
 
 
 def agentrt_config(
-    path: Path, learner: str, device: str, args: argparse.Namespace, rows: int
+    path: Path,
+    learner: str,
+    device: str,
+    args: argparse.Namespace,
+    rows: int,
+    training: str = "auto",
 ) -> AgentRTConfig:
     training: dict[str, Any] = {} if args.window is None else {"window": args.window}
     return load_config(
@@ -198,8 +206,10 @@ def agentrt_config(
                 "device": device,
                 "auto_migrate": True,
                 # No triggered cycle besides the ones measured: the embedded learning loop is
-                # off, and run_cycle() still trains in this process.
+                # off. With it, `training: auto` trains in threads; the serving part names
+                # the mode it measures.
                 "pipeline": "external",
+                "training": training,
             },
             "agents": {
                 AGENT: {
@@ -429,9 +439,9 @@ async def paced(
 ) -> None:
     """decide() once per interval until the phases are done; a call counts for the window
     it started and ended in."""
-    # The training slot that the cycle's worker-thread work holds (analysis, fit, validation);
-    # agentrt exposes no public signal of it.
-    limiter = rt._limiter
+    # The slot that the cycle's heavy work holds (analysis, fit, validation) in a worker
+    # thread or in the training process; agentrt exposes no public signal of it.
+    limiter = rt._process_limiter if rt.config.runtime.training == "process" else rt._limiter
     i = 0
     while not phases.done:
         asked = time.perf_counter_ns()
@@ -497,14 +507,16 @@ def summarise(samples: Samples) -> dict[str, Any]:
     }
 
 
-async def serving(learner: str, device: str, args: argparse.Namespace) -> dict[str, Any]:
+async def serving(
+    learner: str, device: str, training: str, args: argparse.Namespace
+) -> dict[str, Any]:
     rows = task_rows(learner, args.latency_rows, args.seed)
     contexts = [row.context for row in task_rows(learner, 1000, args.seed + 1)]
     forward = bare_forward(len(task_actions(learner)))
     phases = Phases()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "serving.db"
-        config = agentrt_config(path, learner, device, args, len(rows))
+        config = agentrt_config(path, learner, device, args, len(rows), training)
         async with Runtime(config) as rt:
             await ingest(rt, rows)
             first = (await rt.run_cycle(AGENT))[AGENT]
@@ -571,7 +583,7 @@ def print_serving(name: str, result: dict[str, Any]) -> None:
     print(
         f"  {'':<22} {busy['samples']:,} calls inside {len(cycles)} cycle(s) ({statuses}, "
         f"{sum(c['cycle_seconds'] for c in cycles):.1f} s), {idle['samples']:,} idle; "
-        f"{busy['thread_busy_samples']:,} while the worker thread was busy, p99 "
+        f"{busy['thread_busy_samples']:,} while the cycle's heavy work ran, p99 "
         f"{busy['thread_busy_decide_p99_us']:.1f} us",
         flush=True,
     )
@@ -635,17 +647,19 @@ async def main(args: argparse.Namespace) -> None:
     )
     if not args.no_serving:
         print(
-            f"\ndecide() p50/p99 idle and while run_cycle runs in the same process "
+            f"\ndecide() p50/p99 idle and while run_cycle runs in the same runtime, its heavy work "
+            f"in the training process or in worker threads (runtime.training) "
             f"({args.calls:,} paced calls each, one per {args.interval_us} us; policy trained on "
             f"{args.latency_rows:,} rows; GIL switch interval "
             f"{sys.getswitchinterval() * 1e6:.0f} us; target: p99 during / idle <= {TARGET_RATIO})"
         )
         for learner in available:
             for device in devices:
-                name = f"{learner}/{device}"
-                result = await serving(learner, device, args)
-                report["serving"][name] = result
-                print_serving(name, result)
+                for training in args.training:
+                    name = f"{learner}/{device}/{training}"
+                    result = await serving(learner, device, training, args)
+                    report["serving"][name] = result
+                    print_serving(name, result)
     report["total_seconds"] = time.perf_counter() - began
     print(f"\ntotal {report['total_seconds']:.0f} s")
     RESULTS.mkdir(exist_ok=True)
@@ -668,6 +682,13 @@ if __name__ == "__main__":
     parser.add_argument("--latency-rows", type=int, default=10_000, help="rows behind the policy")
     parser.add_argument("--max-cycles", type=int, default=30, help="cycles while sampling, at most")
     parser.add_argument("--no-serving", action="store_true", help="adaptation figures only")
+    parser.add_argument(
+        "--training",
+        nargs="+",
+        choices=["process", "thread"],
+        default=["process", "thread"],
+        help="runtime.training for the decide() measurements (process: the embedded default)",
+    )
     parser.add_argument(
         "--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)"
     )

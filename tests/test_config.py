@@ -168,7 +168,7 @@ def test_an_unknown_key_suggests_the_closest_and_lists_the_allowed_keys() -> Non
         "runtime.durabilty: unknown key; did you mean 'durability'? allowed keys: "
         "auto_migrate, backpressure, buffer_size, device, durability, flush_interval, "
         "max_context_bytes, pipeline, policy_refresh_interval, retention_interval, seed, "
-        "shutdown_timeout, spill_dir, trigger_check_interval"
+        "shutdown_timeout, spill_dir, training, trigger_check_interval"
     ]
 
 

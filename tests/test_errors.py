@@ -17,6 +17,7 @@ from agentrt.errors import (
     PolicyError,
     SchemaOutdatedError,
     StorageError,
+    TrainingProcessError,
     UnknownActionError,
     UnknownDecisionError,
 )
@@ -34,6 +35,7 @@ HIERARCHY: list[tuple[type[AgentRTError], type[Exception]]] = [
     (PluginNotFoundError, PluginError),
     (PolicyError, AgentRTError),
     (ArtifactIntegrityError, PolicyError),
+    (TrainingProcessError, PolicyError),
 ]
 
 
@@ -84,6 +86,7 @@ def test_value_errors(error: type[AgentRTError]) -> None:
         PluginError,
         PolicyError,
         ArtifactIntegrityError,
+        TrainingProcessError,
     ],
     ids=lambda value: value.__name__,
 )

@@ -26,6 +26,7 @@ ERRORS = {
     "PolicyError",
     "SchemaOutdatedError",
     "StorageError",
+    "TrainingProcessError",
     "UnknownActionError",
     "UnknownDecisionError",
 }

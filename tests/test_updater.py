@@ -167,7 +167,8 @@ class SwitchedModel:
         return self.inner.tensors()
 
     def describe(self) -> dict[str, Any]:
-        return self.inner.describe()
+        # What serves is rebuilt from the artifact: it carries the generation and the mode.
+        return {**self.inner.describe(), "generation": self.generation, "nan": self.nan}
 
 
 class SwitchedLearner:
@@ -195,9 +196,9 @@ class SwitchedFactory:
     def __call__(self, settings: LearnerSettings) -> SwitchedLearner:
         return SwitchedLearner(settings, self.switch)
 
-    @staticmethod
-    def load(tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> LinearModel:
-        return LinearLearner.load(tensors, metadata)
+    def load(self, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> SwitchedModel:
+        inner = LinearLearner.load(tensors, metadata)
+        return SwitchedModel(inner, self.switch, metadata["generation"], metadata["nan"])
 
 
 def switched_runtime(url: str, spill: Path, switch: Switch) -> Runtime:

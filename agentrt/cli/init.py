@@ -29,7 +29,8 @@ database:
 
 runtime:
   durability: buffered        # record() returns after enqueue; see README for what a crash can lose
-  pipeline: embedded          # learn inside the application's process
+  pipeline: embedded          # the application's runtime runs the learning loop
+  training: auto              # its cycles compute in a training process, off the serving interpreter
   device: auto                # cuda when torch sees one, else cpu
   seed: 7
 

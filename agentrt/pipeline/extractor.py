@@ -66,6 +66,18 @@ class KnowledgeExtractor:
         self._since: dict[str, datetime] = {}
         self._window_start: dict[str, datetime] = {}
 
+    def window(self, agent_id: str) -> tuple[datetime | None, datetime | None]:
+        """Where the agent's next extraction starts: (since, start of the last new rows)."""
+        return self._since.get(agent_id), self._window_start.get(agent_id)
+
+    def resume(self, agent_id: str, window: tuple[datetime | None, datetime | None]) -> None:
+        """Continue from a :meth:`window` (of this extractor or one in another process)."""
+        for state, value in zip((self._since, self._window_start), window, strict=True):
+            if value is None:
+                state.pop(agent_id, None)
+            else:
+                state[agent_id] = value
+
     async def extract(self, agent_id: str) -> list[Knowledge]:
         """Analyse the agent's experience since the last extraction and store the findings."""
         limit = self.config.experience_configuration.collection.batch_size * 10

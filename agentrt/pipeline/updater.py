@@ -10,9 +10,11 @@ Loading a stored version verifies all of that again before anything serves from 
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -30,13 +32,22 @@ from agentrt.learning.nets import pick_device
 from agentrt.learning.settings import LearnerSettings
 from agentrt.log import get_logger
 from agentrt.plugins import PluginRegistry
-from agentrt.policy import LearnedPolicy
+from agentrt.policy import BaselinePolicy, LearnedPolicy
 from agentrt.schemas import Experience, PolicyStatus, PolicyVersion
 from agentrt.storage import repositories
 from agentrt.storage.engine import Database
 from agentrt.types import FeatureExtractor, IncrementalModel, Learner, RewardModel
+from agentrt.validation import ValidationContext, run_validators
 
-__all__ = ["ModelUpdater", "Trained", "load_policy"]
+__all__ = [
+    "Candidate",
+    "ModelUpdater",
+    "Trained",
+    "artifact_bytes",
+    "load_policy",
+    "policy_from_artifact",
+    "serving_artifact",
+]
 
 log = get_logger(__name__)
 
@@ -85,6 +96,7 @@ def _train(
     model, metrics = learner.fit(train)
     metrics["fit_seconds"] = time.perf_counter() - started
     metrics["train_rows"] = len(train_rows)
+    metrics["process"] = f"{socket.gethostname()}:{os.getpid()}"
     if held_rows:
         held = BanditData.from_experience(held_rows, encoder, actions)
         means, _ = model.predict(held.features)
@@ -113,15 +125,20 @@ def _split(
 
 
 def _artifact(name: str, trained: Trained) -> bytes:
-    tensors = {f"model.{key}": value for key, value in trained.model.tensors().items()}
-    tensors.update(
-        {f"encoder.{key}": torch.from_numpy(v) for key, v in trained.encoder.state().items()}
-    )
+    return artifact_bytes(name, trained.model, trained.encoder, trained.actions)
+
+
+def artifact_bytes(
+    learner: str, model: RewardModel, encoder: FeatureEncoder, actions: tuple[str, ...]
+) -> bytes:
+    """A model, its feature encoder and its action set as one safetensors artifact."""
+    tensors = {f"model.{key}": value for key, value in model.tensors().items()}
+    tensors.update({f"encoder.{key}": torch.from_numpy(v) for key, v in encoder.state().items()})
     metadata = {
-        "learner": name,
-        "actions": list(trained.actions),
-        "features": trained.encoder.spec.to_dict(),
-        "model": trained.model.describe(),
+        "learner": learner,
+        "actions": list(actions),
+        "features": encoder.spec.to_dict(),
+        "model": model.describe(),
     }
     return dump_artifact(tensors, metadata)
 
@@ -135,7 +152,23 @@ def load_policy(
         ArtifactIntegrityError: checksum, format or metadata does not verify.
         PolicyError: the learner cannot rebuild its model from the artifact.
     """
-    artifact = load_artifact(row.artifact, row.sha256, learner=row.learner)
+    return policy_from_artifact(
+        row.agent_id, row.version, row.learner, row.artifact, row.sha256, registry, exploration
+    )
+
+
+def policy_from_artifact(
+    agent_id: str,
+    version: int,
+    learner_name: str,
+    data: bytes,
+    digest: str,
+    registry: PluginRegistry,
+    exploration: Strategy,
+) -> LearnedPolicy:
+    """Verify an artifact against its SHA-256 and rebuild the policy it holds (see
+    :func:`load_policy`)."""
+    artifact = load_artifact(data, digest, learner=learner_name)
     meta = artifact.metadata
     model_tensors = {k[6:]: v for k, v in artifact.tensors.items() if k.startswith("model.")}
     encoder_state = {
@@ -143,19 +176,19 @@ def load_policy(
         for k, v in artifact.tensors.items()
         if k.startswith("encoder.")
     }
-    learner: Any = registry.get("learner", row.learner).factory
+    learner: Any = registry.get("learner", learner_name).factory
     try:
         model = learner.load(model_tensors, meta["model"])
     except (KeyError, RuntimeError, ValueError) as exc:
         raise PolicyError(
-            f"{row.agent_id} v{row.version}: the {row.learner} learner cannot rebuild its model "
+            f"{agent_id} v{version}: the {learner_name} learner cannot rebuild its model "
             f"from the artifact: {exc}"
         ) from exc
     try:
         spec = FeatureSpec.from_dict(meta["features"])
     except (KeyError, TypeError, ValueError) as exc:
         raise PolicyError(
-            f"{row.agent_id} v{row.version}: the artifact's feature spec is invalid: {exc}"
+            f"{agent_id} v{version}: the artifact's feature spec is invalid: {exc}"
         ) from exc
     extractors: dict[str, FeatureExtractor] = {}
     for ref in spec.extractors:
@@ -163,18 +196,43 @@ def load_policy(
             extractors[ref.key] = registry.create("feature", ref.name)
         except PluginError as exc:
             raise PolicyError(
-                f"{row.agent_id} v{row.version} encodes context key {ref.key!r} with the "
+                f"{agent_id} v{version} encodes context key {ref.key!r} with the "
                 f"feature plugin {ref.name!r}, which is not available: {exc}"
             ) from exc
     try:
         encoder = FeatureEncoder.from_state(spec, encoder_state, extractors)
     except (KeyError, ValueError) as exc:
         raise PolicyError(
-            f"{row.agent_id} v{row.version}: cannot rebuild its feature encoder: {exc}"
+            f"{agent_id} v{version}: cannot rebuild its feature encoder: {exc}"
         ) from exc
-    return LearnedPolicy(
-        row.version, row.learner, model, encoder, tuple(meta["actions"]), exploration
-    )
+    return LearnedPolicy(version, learner_name, model, encoder, tuple(meta["actions"]), exploration)
+
+
+def serving_artifact(policy: LearnedPolicy) -> bytes:
+    """The artifact of a policy as it serves now (with any incremental updates)."""
+    return artifact_bytes(policy.learner, policy.model, policy.encoder, policy.actions)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What one training run produced, as plain data (it may come from another process).
+
+    ``artifact`` is the validated model (None when there were too few usable rows);
+    ``serving`` is what serves once it passes: the same, or for an incremental model that also
+    learned its held-out rows after validation, that model.
+    """
+
+    learner: str
+    rows: int
+    actions: tuple[str, ...] = ()
+    artifact: bytes | None = None
+    serving: bytes | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    validation: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.artifact is not None and bool(self.validation.get("passed"))
 
 
 class ModelUpdater:
@@ -243,20 +301,61 @@ class ModelUpdater:
         trained = await anyio.to_thread.run_sync(work, limiter=self.limiter)
         return trained, len(usable), name
 
+    async def candidate(
+        self,
+        agent_id: str,
+        *,
+        cycle: int,
+        optimizer: tuple[float, float] | None,
+        exploration: Strategy,
+        active: LearnedPolicy | None,
+        baseline: BaselinePolicy,
+    ) -> Candidate:
+        """Train a candidate and run the agent's validators on it (against ``active`` and
+        ``baseline``, on the held-out rows); the result is plain data, ready to store."""
+        trained, rows, learner = await self.train(agent_id, cycle, optimizer)
+        if trained is None:
+            return Candidate(learner, rows)
+        agent = self.config.agents[agent_id]
+        validators = [
+            self.registry.create("validator", name, self.config)
+            for name in agent.validation.validators
+        ]
+        context = ValidationContext(
+            agent_id=agent_id,
+            config=self.config,
+            candidate=trained.policy(0, learner, exploration),
+            active=active,
+            baseline=baseline,
+            held_out=trained.held_out,
+            metrics=trained.metrics,
+        )
+        validation = await anyio.to_thread.run_sync(
+            run_validators, validators, context, limiter=self.limiter
+        )
+        artifact = _artifact(learner, trained)
+        serving = artifact
+        # The incumbent learned every reward; the candidate must not serve with 20% less.
+        if validation.get("passed") and agent.training.incremental and trained.learn_held_out():
+            serving = _artifact(learner, trained)
+        return Candidate(
+            learner, rows, trained.actions, artifact, serving, trained.metrics, validation
+        )
+
     async def store(
         self,
         agent_id: str,
-        name: str,
-        trained: Trained,
+        candidate: Candidate,
         parent: int | None,
-        validation: dict[str, Any],
         passed_status: PolicyStatus = "active",
     ) -> PolicyVersion:
         """Store a candidate with its validation report. One that passed gets
         ``passed_status``: ``active`` (every other active version is retired) or ``canary``
         (it serves beside the active version); one that failed is rejected with the reasons."""
-        artifact = _artifact(name, trained)
-        passed = bool(validation.get("passed"))
+        if candidate.artifact is None:
+            raise PolicyError(f"{agent_id}: a candidate without an artifact cannot be stored")
+        validation = candidate.validation
+        passed = candidate.passed
         activate = passed and passed_status == "active"
         async with self.db.session() as session:
             version = await repositories.next_policy_version(session, agent_id)
@@ -266,13 +365,16 @@ class ModelUpdater:
                 agent_id=agent_id,
                 version=version,
                 parent_version=parent,
-                learner=name,
+                learner=candidate.learner,
                 status="candidate",
-                metrics=_jsonable(trained.metrics),
+                metrics=_jsonable(candidate.metrics),
                 validation=_jsonable(validation),
-                artifact_metadata={"actions": list(trained.actions), "learner": name},
-                artifact=artifact,
-                sha256=sha256(artifact),
+                artifact_metadata={
+                    "actions": list(candidate.actions),
+                    "learner": candidate.learner,
+                },
+                artifact=candidate.artifact,
+                sha256=sha256(candidate.artifact),
             )
             await repositories.store_policy_version(session, policy)
             if activate:
