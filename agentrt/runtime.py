@@ -162,8 +162,9 @@ class Runtime(AsyncContextManagerMixin):
         self._loop: LearningLoop | None = None
         # Per agent the (learning rate, momentum) of its next training run, once adapted.
         self._optimizer: dict[str, tuple[float, float]] = {}
-        # Per agent, rewards waiting to update an incremental active model (between cycles).
-        self._online: dict[str, deque[tuple[dict[str, Any], str, float]]] = {
+        # Per agent, rewards waiting to update an incremental active model (between cycles):
+        # (context, action, reward, when it was reported).
+        self._online: dict[str, deque[tuple[dict[str, Any], str, float, datetime]]] = {
             agent_id: deque(maxlen=_ONLINE_BACKLOG)
             for agent_id, agent in config.agents.items()
             if agent.training.incremental
@@ -352,12 +353,23 @@ class Runtime(AsyncContextManagerMixin):
             kept = [row for row in rows if row[1] in index]
             if not kept:
                 continue
-            features = policy.encoder.encode_many([context for context, _, _ in kept])
-            actions = np.array([index[action] for _, action, _ in kept], dtype=np.int64)
-            rewards = np.array([reward for _, _, reward in kept], dtype=np.float32)
+            features = policy.encoder.encode_many([row[0] for row in kept])
+            actions = np.array([index[row[1]] for row in kept], dtype=np.int64)
+            rewards = np.array([row[2] for row in kept], dtype=np.float32)
             model.update(features, actions, rewards)
             learned += len(kept)
         return learned
+
+    def _forget_learned(self, agent_id: str, newest: str | None) -> None:
+        """Drop the waiting rewards that a new version was trained on (reported while its
+        cycle ran, and stored before it read the window): it must not learn them twice."""
+        pending = self._online.get(agent_id)
+        if not pending or newest is None:
+            return
+        learned = datetime.fromisoformat(newest)
+        kept = [row for row in pending if row[3] > learned]
+        pending.clear()
+        pending.extend(kept)
 
     async def _learn_online_forever(self) -> None:
         interval = self.config.runtime.flush_interval.total_seconds()
@@ -924,6 +936,7 @@ class Runtime(AsyncContextManagerMixin):
                 kind, status = "canary", "canary"
             else:
                 self._policies[agent_id] = [policy, *active[:1]]
+                self._forget_learned(agent_id, candidate.metrics.get("newest_reward_at"))
                 kind, status = "promote", "activated"
         details: dict[str, Any] = {
             "candidate_version": stored.version,
@@ -1221,7 +1234,7 @@ class Runtime(AsyncContextManagerMixin):
         if self._online and isinstance(decision, Decision) and decision.mode != "deferred":
             pending = self._online.get(decision.agent_id)
             if pending is not None:
-                pending.append((decision.context, decision.action, value))
+                pending.append((decision.context, decision.action, value, feedback.created_at))
         return feedback
 
     async def activate(self, decision: Decision | uuid.UUID | str) -> Feedback:

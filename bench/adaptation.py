@@ -192,7 +192,7 @@ def agentrt_config(
     device: str,
     args: argparse.Namespace,
     rows: int,
-    training: str = "auto",
+    mode: str = "auto",
 ) -> AgentRTConfig:
     training: dict[str, Any] = {} if args.window is None else {"window": args.window}
     return load_config(
@@ -209,7 +209,7 @@ def agentrt_config(
                 # off. With it, `training: auto` trains in threads; the serving part names
                 # the mode it measures.
                 "pipeline": "external",
-                "training": training,
+                "training": mode,
             },
             "agents": {
                 AGENT: {

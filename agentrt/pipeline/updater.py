@@ -97,6 +97,9 @@ def _train(
     metrics["fit_seconds"] = time.perf_counter() - started
     metrics["train_rows"] = len(train_rows)
     metrics["process"] = f"{socket.gethostname()}:{os.getpid()}"
+    rewarded = [row.rewarded_at for row in kept if row.rewarded_at is not None]
+    if rewarded:  # the newest reward it learned (incremental updates after it still count)
+        metrics["newest_reward_at"] = max(rewarded).isoformat()
     if held_rows:
         held = BanditData.from_experience(held_rows, encoder, actions)
         means, _ = model.predict(held.features)
