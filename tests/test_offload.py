@@ -18,10 +18,11 @@ import pytest
 from helpers.crashing import MESSAGE
 from helpers.steered import ACTIONS, Steer, TickingClock, play, steered_registry
 from sqlalchemy import select
+from structlog.testing import capture_logs
 
 from agentrt.config import AgentRTConfig, load_config
 from agentrt.errors import ConfigError
-from agentrt.pipeline.offload import resolve_training
+from agentrt.pipeline.offload import CHILD_NICENESS, resolve_training
 from agentrt.plugins import PluginRegistry
 from agentrt.runtime import Runtime
 from agentrt.schemas import AgentCycle
@@ -132,6 +133,25 @@ async def test_the_training_process_validates_against_the_active_policy(
         assert incumbents == ["baseline", f"v{first.active_version}"]
         learned = await play(rt, 300, rng)
     assert learned.mean_reward > 0.6  # uniform earns 0.4 on this task
+
+
+async def test_the_training_process_logs_through_the_applications_logging(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    async with Runtime(config(sqlite_url, tmp_path), clock=TickingClock()) as rt:
+        await play(rt, 40, random.Random(4))
+        with capture_logs() as logs:
+            report = (await rt.run_cycle("router"))["router"]
+            again = (await rt.run_cycle("router"))["router"]
+    [started] = [event for event in logs if event["event"] == "training_process_started"]
+    child = started["training_process"]
+    assert started["parent"] == os.getpid() != child
+    assert started["log_level"] == "info"
+    assert started["niceness"] >= CHILD_NICENESS
+    # One process serves both cycles (and the extraction of each).
+    assert report.metrics["process"].endswith(f":{child}")
+    assert again.status == "activated"
+    assert again.metrics["process"] == report.metrics["process"]
 
 
 async def test_a_failure_in_the_training_process_fails_the_cycle_not_the_runtime(

@@ -23,13 +23,14 @@ from __future__ import annotations
 import functools
 import os
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 import anyio
 import anyio.to_process
+import structlog
 from anyio import BrokenWorkerProcess
 
 from agentrt.config import AgentRTConfig
@@ -110,6 +111,15 @@ class ActiveArtifact:
 
 
 @dataclass(frozen=True)
+class _Outcome(Generic[T]):
+    """What a job sends back: its result (or failure) and its log events."""
+
+    pid: int
+    result: T | _Failure
+    events: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
 class _Failure:
     """An exception raised in the training process, as text (it may not survive pickling)."""
 
@@ -154,14 +164,21 @@ async def extract_in_process(
     return await _run(limiter, _extract_job, config, agent_id, window)
 
 
-async def _run(limiter: anyio.CapacityLimiter, job: Callable[..., T | _Failure], *args: Any) -> T:
+async def _run(limiter: anyio.CapacityLimiter, job: Callable[..., _Outcome[T]], *args: Any) -> T:
     try:
-        result = await anyio.to_process.run_sync(job, *args, cancellable=True, limiter=limiter)
+        outcome = await anyio.to_process.run_sync(job, *args, cancellable=True, limiter=limiter)
     except BrokenWorkerProcess as exc:
         raise TrainingProcessError(
             f"the training process died during {job.__name__.strip('_')} "
             f"({exc.__cause__!r}); the next cycle starts a new one"
         ) from exc
+    for event in outcome.events:  # the child's log lines, through this process's logging
+        fields = dict(event)
+        level = str(fields.pop("log_level", "info"))
+        name = str(fields.pop("event", ""))
+        method = getattr(log, level if level in _LEVELS else "info")
+        method(name, training_process=outcome.pid, **fields)
+    result = outcome.result
     if isinstance(result, _Failure):
         log.error("training_process_failed", error=result.kind, trace=result.trace)
         raise TrainingProcessError(f"in the training process: {result.kind}: {result.message}")
@@ -171,9 +188,25 @@ async def _run(limiter: anyio.CapacityLimiter, job: Callable[..., T | _Failure],
 # -- in the training process ---------------------------------------------------------------
 
 
+# A job's log events, sent back with its result (the worker's standard streams are closed
+# to user code: stdout carries the results).
+_EVENTS: list[dict[str, Any]] = []
+_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _keep_event(_: Any, method: str, event: MutableMapping[str, Any]) -> Any:
+    _EVENTS.append({**event, "log_level": "error" if method == "exception" else method})
+    raise structlog.DropEvent
+
+
 @functools.cache
 def _prepare() -> None:
-    """Once per training process: lower priority, and torch on every core but one."""
+    """Once per training process: log events kept for the parent, lower priority, and
+    torch on every core but one."""
+    structlog.configure(
+        processors=[structlog.contextvars.merge_contextvars, _keep_event],
+        cache_logger_on_first_use=False,
+    )
     try:
         os.nice(CHILD_NICENESS)
     except OSError as exc:  # not permitted here: run at the same priority, and say so
@@ -181,10 +214,15 @@ def _prepare() -> None:
     import torch
 
     torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
+    log.info(
+        "training_process_started",
+        parent=os.getppid(),
+        niceness=os.nice(0),
+        torch_threads=torch.get_num_threads(),
+    )
 
 
 def _in_child(config: AgentRTConfig, work: Callable[[Database, PluginRegistry], Awaitable[T]]) -> T:
-    _prepare()
     registry = PluginRegistry.from_config(config.plugins.enable)
 
     async def main() -> T:
@@ -205,7 +243,7 @@ def _candidate_job(
     optimizer: tuple[float, float] | None,
     exploration: Strategy,
     active: ActiveArtifact | None,
-) -> Candidate | _Failure:
+) -> _Outcome[Candidate]:
     from agentrt.pipeline.updater import ModelUpdater, policy_from_artifact
     from agentrt.policy import BaselinePolicy
 
@@ -235,7 +273,7 @@ def _candidate_job(
 
 def _extract_job(
     config: AgentRTConfig, agent_id: str, window: tuple[datetime | None, datetime | None]
-) -> tuple[list[Knowledge], tuple[datetime | None, datetime | None]] | _Failure:
+) -> _Outcome[tuple[list[Knowledge], tuple[datetime | None, datetime | None]]]:
     from agentrt.pipeline.extractor import KnowledgeExtractor
 
     async def work(
@@ -251,8 +289,14 @@ def _extract_job(
 
 def _guarded(
     config: AgentRTConfig, work: Callable[[Database, PluginRegistry], Awaitable[T]]
-) -> T | _Failure:
+) -> _Outcome[T]:
+    _EVENTS.clear()
+    _prepare()
+    result: T | _Failure
     try:
-        return _in_child(config, work)
+        result = _in_child(config, work)
     except Exception as exc:  # sent back as text: the parent raises TrainingProcessError
-        return _Failure(type(exc).__name__, str(exc), traceback.format_exc())
+        result = _Failure(type(exc).__name__, str(exc), traceback.format_exc())
+    events = list(_EVENTS)
+    _EVENTS.clear()
+    return _Outcome(os.getpid(), result, events)
