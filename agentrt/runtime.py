@@ -85,6 +85,7 @@ from agentrt.types import IncrementalModel, Processor, Rollout
 if TYPE_CHECKING:
     # torch is imported only once a runtime learns or serves a learned policy.
     from agentrt.pipeline.loop import LearningLoop
+    from agentrt.pipeline.offload import ActiveArtifact
     from agentrt.pipeline.rollout import Verdict
     from agentrt.pipeline.updater import Candidate, ModelUpdater
 
@@ -867,22 +868,29 @@ class Runtime(AsyncContextManagerMixin):
                 active=active,
                 baseline=self._baselines[agent_id],
             )
-        from agentrt.learning.artifacts import sha256
-        from agentrt.pipeline.offload import ActiveArtifact, candidate_in_process
-        from agentrt.pipeline.updater import serving_artifact
+        from agentrt.pipeline.offload import candidate_in_process
 
-        reference = None
-        if active is not None:
-            artifact = serving_artifact(active)
-            reference = ActiveArtifact(active.version, active.learner, artifact, sha256(artifact))
         return await candidate_in_process(
             self.config,
             agent_id,
             cycle=cycle,
             optimizer=optimizer,
             exploration=exploration,
-            active=reference,
+            active=None if active is None else self._active_artifact(active),
             limiter=self._process_limiter,
+        )
+
+    @staticmethod
+    def _active_artifact(policy: LearnedPolicy) -> ActiveArtifact:
+        """A serving policy as it is now (its in-memory updates included), for the training
+        process."""
+        from agentrt.learning.artifacts import sha256
+        from agentrt.pipeline.offload import ActiveArtifact
+        from agentrt.pipeline.updater import serving_artifact
+
+        artifact = serving_artifact(policy)
+        return ActiveArtifact(
+            policy.version, policy.learner, artifact, sha256(artifact), policy.exploration
         )
 
     async def _train_and_validate(
@@ -980,20 +988,17 @@ class Runtime(AsyncContextManagerMixin):
             return
         if not policies:
             return
-        from agentrt.pipeline.shadow import compare_with_application
+        if self._training == "thread":
+            from agentrt.pipeline.shadow import judge_shadow
 
-        async with self.database.session() as session:
-            rows = await repositories.fetch_experience(
-                session, agent_id, limit=agent.training.window, rewarded_only=True
+            judged = judge_shadow(self.config, self.database, agent_id, policies[0], self._limiter)
+        else:
+            from agentrt.pipeline.offload import shadow_in_process
+
+            judged = shadow_in_process(
+                self.config, agent_id, self._active_artifact(policies[0]), self._process_limiter
             )
-        work = functools.partial(
-            compare_with_application,
-            policies[0],
-            rows,
-            agent.shadow,
-            n_bootstrap=agent.validation.n_bootstrap,
-        )
-        better, numbers = await anyio.to_thread.run_sync(work, limiter=self._limiter)
+        better, numbers = await judged
         if not better:
             log.debug("shadow_stays", agent=agent_id, **numbers)
             return

@@ -16,7 +16,16 @@ from typing import Any
 import numpy as np
 import pytest
 from helpers.crashing import MESSAGE
-from helpers.steered import ACTIONS, Steer, TickingClock, play, steered_registry
+from helpers.steered import (
+    ACTIONS,
+    BEST,
+    P_BEST,
+    P_OTHER,
+    Steer,
+    TickingClock,
+    play,
+    steered_registry,
+)
 from sqlalchemy import select
 from structlog.testing import capture_logs
 
@@ -40,9 +49,15 @@ def config(
     training: str = "process",
     pipeline: str = "external",
     learners: dict[str, str] | None = None,
+    **extra: Any,
 ) -> AgentRTConfig:
     agents: dict[str, Any] = {
-        agent: {"actions": list(ACTIONS), "learner": learner, "training": {"min_rows": 30}}
+        agent: {
+            "actions": list(ACTIONS),
+            "learner": learner,
+            "training": {"min_rows": 30},
+            **extra,
+        }
         for agent, learner in (learners or {"router": "linear"}).items()
     }
     return load_config(
@@ -152,6 +167,27 @@ async def test_the_training_process_logs_through_the_applications_logging(
     assert report.metrics["process"].endswith(f":{child}")
     assert again.status == "activated"
     assert again.metrics["process"] == report.metrics["process"]
+
+
+async def test_a_shadow_agent_is_judged_in_the_training_process(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    rng = random.Random(8)
+    shadow = {"min_rows": 100, "margin": 0.05}
+    cfg = config(sqlite_url, tmp_path, mode="shadow", shadow=shadow)
+    async with Runtime(cfg, clock=TickingClock()) as rt:
+        for i in range(300):  # the application chooses at random and reports what it earned
+            topic = TOPICS[i % 3]
+            decision = await rt.decide("router", {"topic": topic}, app_action=rng.choice(ACTIONS))
+            won = rng.random() < (P_BEST if decision.action == BEST[topic] else P_OTHER)
+            await rt.reward(decision, float(won))
+        with capture_logs() as logs:
+            report = (await rt.run_cycle("router"))["router"]
+        assert report.status == "activated"
+        assert (await rt.decide("router", {"topic": "t0"}, app_action="c")).mode == "live"
+    [switched] = [event for event in logs if event["event"] == "shadow_switched_to_live"]
+    assert switched["difference_lower"] > 0.05
+    assert switched["application_reward"] < 0.5 < switched["policy_estimate"]
 
 
 async def test_a_failure_in_the_training_process_fails_the_cycle_not_the_runtime(

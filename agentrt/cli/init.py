@@ -30,7 +30,7 @@ database:
 runtime:
   durability: buffered        # record() returns after enqueue; see README for what a crash can lose
   pipeline: embedded          # the application's runtime runs the learning loop
-  training: auto              # its cycles compute in a training process, off the serving interpreter
+  training: auto              # cycles compute in a training process, off the serving one
   device: auto                # cuda when torch sees one, else cpu
   seed: 7
 

@@ -42,6 +42,7 @@ from agentrt.storage.engine import Database
 
 if TYPE_CHECKING:  # the updater imports torch; the serving process may not need it yet
     from agentrt.pipeline.updater import Candidate
+    from agentrt.policy import LearnedPolicy
     from agentrt.schemas import Knowledge
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "candidate_in_process",
     "extract_in_process",
     "resolve_training",
+    "shadow_in_process",
 ]
 
 log = get_logger(__name__)
@@ -108,6 +110,21 @@ class ActiveArtifact:
     learner: str
     artifact: bytes
     sha256: str
+    exploration: Strategy
+
+    def policy(self, agent_id: str, registry: PluginRegistry) -> LearnedPolicy:
+        """The policy again, verified against its SHA-256."""
+        from agentrt.pipeline.updater import policy_from_artifact
+
+        return policy_from_artifact(
+            agent_id,
+            self.version,
+            self.learner,
+            self.artifact,
+            self.sha256,
+            registry,
+            self.exploration,
+        )
 
 
 @dataclass(frozen=True)
@@ -162,6 +179,20 @@ async def extract_in_process(
         TrainingProcessError: the extraction failed there, or the process died.
     """
     return await _run(limiter, _extract_job, config, agent_id, window)
+
+
+async def shadow_in_process(
+    config: AgentRTConfig,
+    agent_id: str,
+    active: ActiveArtifact,
+    limiter: anyio.CapacityLimiter,
+) -> tuple[bool, dict[str, Any]]:
+    """:func:`~agentrt.pipeline.shadow.judge_shadow` in the training process.
+
+    Raises:
+        TrainingProcessError: the comparison failed there, or the process died.
+    """
+    return await _run(limiter, _shadow_job, config, agent_id, active)
 
 
 async def _run(limiter: anyio.CapacityLimiter, job: Callable[..., _Outcome[T]], *args: Any) -> T:
@@ -244,21 +275,11 @@ def _candidate_job(
     exploration: Strategy,
     active: ActiveArtifact | None,
 ) -> _Outcome[Candidate]:
-    from agentrt.pipeline.updater import ModelUpdater, policy_from_artifact
+    from agentrt.pipeline.updater import ModelUpdater
     from agentrt.policy import BaselinePolicy
 
     async def work(db: Database, registry: PluginRegistry) -> Candidate:
-        serving = None
-        if active is not None:
-            serving = policy_from_artifact(
-                agent_id,
-                active.version,
-                active.learner,
-                active.artifact,
-                active.sha256,
-                registry,
-                exploration,
-            )
+        serving = None if active is None else active.policy(agent_id, registry)
         return await ModelUpdater(config, db, registry).candidate(
             agent_id,
             cycle=cycle,
@@ -267,6 +288,17 @@ def _candidate_job(
             active=serving,
             baseline=BaselinePolicy(config.agents[agent_id].baseline),
         )
+
+    return _guarded(config, work)
+
+
+def _shadow_job(
+    config: AgentRTConfig, agent_id: str, active: ActiveArtifact
+) -> _Outcome[tuple[bool, dict[str, Any]]]:
+    from agentrt.pipeline.shadow import judge_shadow
+
+    async def work(db: Database, registry: PluginRegistry) -> tuple[bool, dict[str, Any]]:
+        return await judge_shadow(config, db, agent_id, active.policy(agent_id, registry))
 
     return _guarded(config, work)
 

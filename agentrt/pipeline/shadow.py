@@ -16,17 +16,45 @@ bound of the bootstrap interval of the mean difference (at ``shadow.confidence``
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
+import anyio
 import numpy as np
 
-from agentrt.config import ShadowConfig
+from agentrt.config import AgentRTConfig, ShadowConfig
 from agentrt.policy import LearnedPolicy
 from agentrt.schemas import Experience
+from agentrt.storage import repositories
+from agentrt.storage.engine import Database
 from agentrt.validation import policy_matrix
 
-__all__ = ["compare_with_application"]
+__all__ = ["compare_with_application", "judge_shadow"]
+
+
+async def judge_shadow(
+    config: AgentRTConfig,
+    db: Database,
+    agent_id: str,
+    policy: LearnedPolicy,
+    limiter: anyio.CapacityLimiter | None = None,
+) -> tuple[bool, dict[str, Any]]:
+    """:func:`compare_with_application` on the agent's newest rewarded experience
+    (``training.window`` rows), in a worker thread."""
+    agent = config.agents[agent_id]
+    async with db.session() as session:
+        rows = await repositories.fetch_experience(
+            session, agent_id, limit=agent.training.window, rewarded_only=True
+        )
+    work = functools.partial(
+        compare_with_application,
+        policy,
+        rows,
+        agent.shadow,
+        n_bootstrap=agent.validation.n_bootstrap,
+    )
+    return await anyio.to_thread.run_sync(work, limiter=limiter)
 
 
 def compare_with_application(
