@@ -9,6 +9,7 @@ greedy's epsilon plays that role), so logs stay usable for off-policy evaluation
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 from typing import Any
@@ -25,6 +26,7 @@ __all__ = [
     "ThompsonSampling",
     "UpperConfidenceBound",
     "from_config",
+    "greedy_split",
     "plugins",
 ]
 
@@ -81,16 +83,33 @@ def _mix_plain(greedy: Vector, floor: float) -> Vector:
     return normalised
 
 
+def _winners(values: list[float]) -> tuple[bool, ...]:
+    """Which values are the best (within 1e-12)."""
+    best = max(values) - _TIE
+    return tuple([value >= best for value in values])
+
+
 def _greedy_mix_plain(values: list[float], floor: float) -> Vector:
     """``_mix(_greedy(values, mask), mask, floor)`` with every action allowed."""
-    best = max(values) - _TIE
-    winners = [value >= best for value in values]
+    return _split(_winners(values), floor).copy()
+
+
+@functools.lru_cache(maxsize=4096)
+def _split(winners: tuple[bool, ...], floor: float) -> Vector:
+    """The greedy distribution mixed with ``floor``, for one pattern of best actions: it
+    depends on nothing else, so each pattern is computed once (read-only; callers copy)."""
     share = 1.0 / winners.count(True)
     keep = 1.0 - floor
-    uniform = floor * (1.0 / len(values))
+    uniform = floor * (1.0 / len(winners))
     out = np.array([keep * (share if winner else 0.0) + uniform for winner in winners])
     normalised: Vector = out / out.sum()
+    normalised.flags.writeable = False
     return normalised
+
+
+@functools.lru_cache(maxsize=4096)
+def _split_floats(winners: tuple[bool, ...], floor: float) -> tuple[float, ...]:
+    return tuple(_split(winners, floor).tolist())
 
 
 @dataclass(frozen=True)
@@ -159,6 +178,9 @@ class UpperConfidenceBound:
     def probabilities(
         self, scores: Vector, allowed: Mask | None = None, uncertainty: Vector | None = None
     ) -> Vector:
+        listed = None if allowed is not None else self._greedy_values(scores, uncertainty)
+        if listed is not None:
+            return _greedy_mix_plain(listed, self.floor)
         mask = None if _plain(scores, allowed) is not None else _allowed(scores, allowed)
         bonus = np.zeros_like(scores) if uncertainty is None else uncertainty
         values = scores + self.confidence * bonus
@@ -168,6 +190,22 @@ class UpperConfidenceBound:
                 return _greedy_mix_plain(plain, self.floor)
             mask = _allowed(scores, None)
         return _mix(_greedy(values, mask), mask, self.floor)
+
+    def _greedy_values(self, scores: Vector, uncertainty: Vector | None) -> list[float] | None:
+        """``scores + confidence * uncertainty`` on Python floats (the same float64
+        operations) when both are float64 vectors and every value is finite (then so is
+        every score); None when the array forms must decide."""
+        if (
+            uncertainty is None
+            or not scores.dtype == uncertainty.dtype == np.float64
+            or scores.ndim != 1
+            or scores.shape != uncertainty.shape
+        ):
+            return None
+        confidence = self.confidence
+        pairs = zip(scores.tolist(), uncertainty.tolist(), strict=True)
+        listed = [s + confidence * u for s, u in pairs]
+        return listed if listed and all(map(math.isfinite, listed)) else None
 
     @staticmethod
     def count_bonus(counts: Vector) -> Vector:
@@ -230,6 +268,21 @@ class ThompsonSampling:
 
 
 Strategy = EpsilonGreedy | Softmax | UpperConfidenceBound | ThompsonSampling
+
+
+def greedy_split(
+    strategy: Strategy, scores: Vector, uncertainty: Vector | None
+) -> tuple[float, ...] | None:
+    """``strategy.probabilities(scores, None, uncertainty)`` as floats, when it is a greedy
+    split of finite float64 values (epsilon-greedy; UCB over an uncertainty), taken from a
+    cache of splits without building an array; None otherwise (ask ``probabilities``)."""
+    if isinstance(strategy, EpsilonGreedy):
+        values, weight = _plain(scores, None), strategy.epsilon
+    elif isinstance(strategy, UpperConfidenceBound):
+        values, weight = strategy._greedy_values(scores, uncertainty), strategy.floor
+    else:
+        return None
+    return None if values is None else _split_floats(_winners(values), weight)
 
 
 def from_config(config: ExplorationConfig) -> Strategy:

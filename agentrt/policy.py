@@ -11,14 +11,14 @@ import random
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
 from agentrt.config import BaselineConfig
 from agentrt.errors import PolicyError
-from agentrt.exploration import Strategy, UpperConfidenceBound
+from agentrt.exploration import Strategy, ThompsonSampling, UpperConfidenceBound, greedy_split
 from agentrt.learning.features import FeatureEncoder
 from agentrt.types import RewardModel, SequenceModel
 
@@ -28,6 +28,13 @@ __all__ = ["BaselinePolicy", "Choice", "LearnedPolicy"]
 MAX_OPEN_EPISODES = 10_000
 # Offered action sets whose model columns a policy remembers (cleared beyond).
 _MAX_ACTION_SETS = 256
+
+
+@runtime_checkable
+class _MeansModel(Protocol):
+    """A reward model that can give its means without its uncertainty (``linear``)."""
+
+    def predict_means(self, features: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]: ...
 
 
 class Choice(NamedTuple):
@@ -106,6 +113,14 @@ class LearnedPolicy:
         # The model's column of each offered action, by offered action set.
         self._columns: dict[tuple[str, ...], list[int]] = {}
         self._sequence = isinstance(model, SequenceModel) and model.history > 1
+        # Epsilon-greedy and softmax ignore the uncertainty: skip it when the model can.
+        self._means = (
+            model.predict_means
+            if isinstance(model, _MeansModel)
+            and not self._sequence
+            and not isinstance(exploration, UpperConfidenceBound | ThompsonSampling)
+            else None
+        )
         # Per open episode, the encoded contexts of its latest decisions (sequence models).
         self._histories: OrderedDict[uuid.UUID, deque[npt.NDArray[np.float32]]] = OrderedDict()
         # UCB over a model without uncertainty: how often each action was chosen (within the
@@ -162,7 +177,10 @@ class LearnedPolicy:
         ``episode_id`` lets a sequence model see the episode's earlier steps.
         """
         columns = self._columns.get(actions) or self._columns_of(actions)
-        means, stds = self._predict(self.encoder.encode(context), episode_id)
+        if self._means is not None:
+            means, stds = self._means(self.encoder.encode(context)[None, :]), None
+        else:
+            means, stds = self._predict(self.encoder.encode(context), episode_id)
         if actions == self.actions and means.shape[1] == len(actions):
             scores, spread = means[0], None if stds is None else stds[0]  # views, no copies
         else:
@@ -175,7 +193,12 @@ class LearnedPolicy:
         # A mask that allows every offered action is no mask (exploration's fast path).
         if allowed is not None and not (len(allowed) == len(actions) and all(allowed)):
             mask = np.array(allowed, dtype=bool)
-        probabilities: list[float] = self.exploration.probabilities(scores, mask, spread).tolist()
+        split = None if mask is not None else greedy_split(self.exploration, scores, spread)
+        probabilities = (
+            split
+            if split is not None
+            else tuple(self.exploration.probabilities(scores, mask, spread).tolist())
+        )
         total = sum(probabilities)  # not finite when any probability is not
         if not (math.isfinite(total) and abs(total - 1.0) < 1e-6):
             raise PolicyError(f"policy v{self.version} produced invalid probabilities")
@@ -183,7 +206,7 @@ class LearnedPolicy:
         if counted:
             assert self._chosen is not None  # noqa: S101 (just checked)
             self._chosen.add(columns[index])
-        return Choice(index, tuple(probabilities), self.version, self.exploration.describe())
+        return Choice(index, probabilities, self.version, self.exploration.describe())
 
     def _columns_of(self, actions: tuple[str, ...]) -> list[int]:
         unknown = [action for action in actions if action not in self._index]

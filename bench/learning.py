@@ -34,10 +34,12 @@ Policies, side by side in the same run:
     I/O between rounds); ``--no-incremental`` sets ``training.incremental: false``.
 
   Configurations: ``linear`` (the default: ``linear`` learner, no exploration block, hence the
-  exploration derived from ``optimization_parameters``: epsilon-greedy, epsilon 0.1 decaying by
-  0.995 per activated version, floor 0.01; the uniform baseline until the first version is
-  active) and ``neural`` (``mlp``, 2 hidden layers of 32, 10 epochs, lr 3e-3, same exploration;
-  no incremental updates). Both use ``runtime.durability: buffered``, ``training.min_rows: 20``
+  exploration derived from ``optimization_parameters``, which for a learner with an uncertainty
+  estimate is the ``exploitation`` method: UCB, confidence 2.0 times the model's posterior
+  standard deviation, floor 0.01; the uniform baseline until the first version is active) and
+  ``neural`` (``mlp``, 2 hidden layers of 32, 10 epochs, lr 3e-3, no incremental updates; its
+  derived exploration is epsilon-greedy, epsilon 0.1 decaying by 0.995 per activated version,
+  floor 0.01). Both use ``runtime.durability: buffered``, ``training.min_rows: 20``
   (10 for the N = 1 row), a window holding the whole pass, the default feature width (64 hashed
   slots) and validators; a rejected candidate is part of what is measured.
 - ``--direct`` (a diagnostic, not the pipeline): the ``linear`` learner's ``LinearModel.update``
@@ -64,7 +66,7 @@ across datasets, ahead of every peer, and no dataset below 0.95 of the best peer
 Diagnostics (agentrt settings the default run leaves alone):
 
     python bench/learning.py --configs linear --every 50 --validators sanity   # no OPE gate
-    python bench/learning.py --configs linear --every 50 --exploration ucb
+    python bench/learning.py --configs linear --every 50 --exploration epsilon_greedy
     python bench/learning.py --configs linear --every 50 --exploration epsilon_greedy --epsilon 0.02
     python bench/learning.py --configs linear --every 50 --feature-dim 256      # fewer collisions
     python bench/learning.py --configs linear --every 50 --ridge 0.1 --holdout 0.1

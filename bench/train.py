@@ -16,12 +16,18 @@ intra-op thread by default (``--threads``): on a small shared machine torch's de
 core) makes these small batches several times slower and the timings erratic.
 
 Serving: ``LearnedPolicy.choose()`` on one context (64 numeric keys, encoded by a fitted
-``FeatureEncoder``, epsilon-greedy exploration), p50/p99 over ``--calls`` single calls, against
-the bare computation of the same shapes: for ``linear`` a numpy dot product ``x @ theta.T``,
-for ``neural`` the network's torch forward under ``torch.inference_mode``. Target: choose() p99
-<= 2 x bare p99 + 20 us. A breakdown (encode, predict, exploration) says where the time goes.
-All five take turns, 500 calls at a time, so that the noise of a shared machine falls on each
-alike.
+``FeatureEncoder``), p50/p99 over ``--calls`` single calls, against a bare torch forward of the
+same model under ``torch.inference_mode`` (entered once per turn of calls, not per call):
+
+- ``linear``, epsilon-greedy: the model's means as a ``torch.nn.Linear`` (float64, as the
+  model computes) on the 1 x D input;
+- ``linear/ucb``, UCB (the linear learner's default exploration): the same layer plus the
+  posterior standard deviation ``sqrt(noise_a x^T A_a^-1 x)`` in torch, which UCB needs;
+- ``neural/mlp`` and ``neural/transformer``, epsilon-greedy: the network's forward.
+
+Target: choose() p99 <= 2 x bare p99 + 20 us. A breakdown (encode, predict, exploration) says
+where the time goes (predict: what choose() asks of the model). All five take turns, 500 calls
+at a time, so that the noise of a shared machine falls on each alike.
 
     python bench/train.py                        # 20k rows, 64 features, 20k calls
     python bench/train.py --rows 100000 --calls 50000
@@ -43,7 +49,7 @@ import numpy as np
 import torch
 
 from agentrt.config import ModelParametersConfig, TrainingConfig
-from agentrt.exploration import EpsilonGreedy
+from agentrt.exploration import EpsilonGreedy, Strategy, UpperConfidenceBound
 from agentrt.learning.data import BanditData
 from agentrt.learning.features import FeatureEncoder, FeatureSpec
 from agentrt.learning.linear import LinearLearner
@@ -175,27 +181,57 @@ def timed(
     return {name: percentiles(taken) for name, taken in samples.items()}
 
 
+def linear_layer(model: Any) -> torch.nn.Linear:
+    """The linear model's means as a torch layer: ``x @ W.T + b``, float64 as the model."""
+    theta = model.theta
+    layer = torch.nn.Linear(theta.shape[1] - 1, theta.shape[0], dtype=torch.float64)
+    with torch.no_grad():
+        layer.weight.copy_(theta[:, :-1])
+        layer.bias.copy_(theta[:, -1])
+    return layer.eval()
+
+
 def serving(
-    learner: str, model: Any, features: int, actions: tuple[str, ...], calls: int, seed: int
+    learner: str,
+    model: Any,
+    features: int,
+    actions: tuple[str, ...],
+    calls: int,
+    seed: int,
+    exploration: Strategy,
 ) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     values = rng.standard_normal((calls, features))
     contexts = [{f"f{j}": float(v) for j, v in enumerate(row)} for row in values]
     encoder = FeatureEncoder(FeatureSpec(dim=features)).fit(contexts[:2000])
-    exploration = EpsilonGreedy()
     policy = LearnedPolicy(1, learner, model, encoder, actions, exploration)
     draw = random.Random(seed)
     encoded = encoder.encode_many(contexts[:1000])
     scopes: dict[str, Callable[[], AbstractContextManager[object]]] = {}
+    # Entered once per turn, not per call.
+    scopes["bare"] = torch.inference_mode
     if learner == "linear":
-        theta = model.theta.numpy()
-        x = np.concatenate([encoded, np.ones((len(encoded), 1), dtype=np.float32)], axis=1)
-        x = x.astype(np.float64)
+        layer = linear_layer(model)
+        rows = [torch.from_numpy(row[None, :].astype(np.float64)) for row in encoded]
+        if isinstance(exploration, UpperConfidenceBound):
+            # The posterior standard deviation too: sqrt(noise_a * x^T A_a^-1 x), x with bias.
+            k, d = model.theta.shape
+            stacked = model.a_inv.reshape(k * d, d)
+            noise = torch.from_numpy(model.noise())
+            biased = [torch.cat([row[0], torch.ones(1, dtype=torch.float64)]) for row in rows]
 
-        def bare(i: int) -> object:
-            return x[i % 1000][None, :] @ theta.T
+            def bare(i: int) -> object:
+                x = biased[i % 1000]
+                variance = (stacked @ x).view(k, d) @ x * noise
+                return layer(rows[i % 1000]), variance.clamp_(min=0.0).sqrt_()
 
-        bare_name = "numpy dot x @ theta.T"
+            bare_name = "torch linear + std"
+        else:
+
+            def bare(i: int) -> object:
+                return layer(rows[i % 1000])
+
+            bare_name = "torch nn.Linear (f64)"
     else:
         network = model.network
         tensors = [torch.from_numpy(row[None, :].copy()) for row in encoded]
@@ -203,15 +239,19 @@ def serving(
         def bare(i: int) -> object:
             return network(tensors[i % 1000])
 
-        scopes["bare"] = torch.inference_mode  # entered once per turn, not per call
         bare_name = "torch forward"
-    scores = model.predict(encoded[:1])[0][0]
+    means, stds = model.predict(encoded[:1])
+    spread = None if stds is None else stds[0]
+    # What choose() asks of the model: the means alone when the exploration ignores the rest.
+    predict = model.predict
+    if learner == "linear" and not isinstance(exploration, UpperConfidenceBound):
+        predict = model.predict_means
     parts: dict[str, Callable[[int], object]] = {
         "choose": lambda i: policy.choose(contexts[i], actions, None, draw),
         "bare": bare,
         "encode": lambda i: encoder.encode(contexts[i]),
-        "predict": lambda i: model.predict(encoded[i % 1000][None, :]),
-        "explore": lambda i: exploration.probabilities(scores),
+        "predict": lambda i: predict(encoded[i % 1000][None, :]),
+        "explore": lambda i: exploration.probabilities(means[0], None, spread),
     }
     result: dict[str, Any] = dict(timed(calls, parts, scopes))
     result["bare_name"] = bare_name
@@ -270,15 +310,19 @@ def main(args: argparse.Namespace) -> None:
         f"\nserving: LearnedPolicy.choose() on one context, {args.calls:,} single calls "
         "(target: p99 <= 2 x bare p99 + 20 us)"
     )
-    for name, model in models.items():
-        learner = name.split("/")[0]
-        figures = serving(learner, model, args.features, data.actions, args.calls, seed=1)
+    rows = [(name, name, EpsilonGreedy()) for name in models]
+    # The linear learner's default exploration (no exploration block): UCB on its uncertainty.
+    rows.insert(1, ("linear/ucb", "linear", UpperConfidenceBound()))
+    for name, trained, exploration in rows:
+        learner = trained.split("/")[0]
+        model = models[trained]
+        figures = serving(learner, model, args.features, data.actions, args.calls, 1, exploration)
         (p50, p99), (b50, b99) = figures["choose"], figures["bare"]
         budget = 2 * b99 + 20
         ok = p99 <= budget
         print(
             f"  {name:<20} choose p50 {p50:6.1f} us  p99 {p99:6.1f} us   "
-            f"bare {figures['bare_name']} p50 {b50:5.1f} us  p99 {b99:5.1f} us   "
+            f"bare {figures['bare_name']:<22} p50 {b50:5.1f} us  p99 {b99:5.1f} us   "
             f"p99 ratio {p99 / b99:5.1f}   p99 <= {budget:.0f} us: {'ok' if ok else 'MISSED'}"
         )
         print(
@@ -289,6 +333,7 @@ def main(args: argparse.Namespace) -> None:
             )
         )  # fmt: skip
         report["serving"][name] = {
+            "exploration": exploration.describe(),
             "choose_p50_us": p50,
             "choose_p99_us": p99,
             "bare": figures["bare_name"],

@@ -736,13 +736,52 @@ def test_exploration_for_falls_back_to_strategy_optimization() -> None:
 
 
 def test_exploration_for_defaults_when_nothing_is_configured() -> None:
+    # The default learner, linear, estimates its uncertainty: it explores by UCB on it.
     exploration = load_config({"agents": {"r": {}}}, environ={}).exploration_for("r")
+    assert (exploration.method, exploration.confidence, exploration.floor) == ("ucb", 2.0, 0.01)
+    assert exploration.window_size == 1000
+
+
+@pytest.mark.parametrize("learner", ["neural", "dqn", "behavior_cloning"])
+def test_exploration_for_defaults_to_epsilon_greedy_for_learners_without_uncertainty(
+    learner: str,
+) -> None:
+    source = {"agents": {"r": {"learner": learner}}}
+    exploration = load_config(source, environ={}).exploration_for("r")
     assert (exploration.method, exploration.epsilon, exploration.floor) == (
         "epsilon_greedy",
         0.1,
         0.01,
     )
-    assert exploration.window_size == 1000
+
+
+def test_exploration_for_follows_the_exploitation_method_when_exploration_is_not_set() -> None:
+    def derived(exploitation: dict[str, Any], agent: dict[str, Any]) -> ExplorationConfig:
+        source = {
+            "agents": {"r": agent},
+            "optimization_parameters": {"strategy_optimization": {"exploitation": exploitation}},
+        }
+        return load_config(source, environ={}).exploration_for("r")
+
+    assert derived({"confidence": 0.5}, {}).method == "ucb"
+    assert derived({"confidence": 0.5}, {}).confidence == 0.5
+    assert derived({"method": "thompson"}, {}).method == "thompson"
+    assert derived({"method": "greedy"}, {}).method == "epsilon_greedy"
+    # A contextual bandit model with a linear architecture is the linear learner.
+    models = {"learning_models": {"m": {"type": "contextual_bandit", "architecture": "linear"}}}
+    source = {"agents": {"r": {"model": "m"}}, "model_configuration": models}
+    assert load_config(source, environ={}).exploration_for("r").method == "ucb"
+
+
+def test_an_explicit_exploration_block_keeps_its_method_for_the_linear_learner() -> None:
+    source = {
+        "agents": {"r": {"learner": "linear"}},
+        "optimization_parameters": {
+            "strategy_optimization": {"exploration": {"method": "epsilon_greedy"}}
+        },
+    }
+    exploration = load_config(source, environ={}).exploration_for("r")
+    assert (exploration.method, exploration.epsilon) == ("epsilon_greedy", 0.1)
 
 
 def test_exploration_for_keeps_a_derived_floor_at_or_below_epsilon() -> None:

@@ -28,6 +28,7 @@ from agentrt.exploration import (
     ThompsonSampling,
     UpperConfidenceBound,
     from_config,
+    greedy_split,
     plugins,
 )
 from agentrt.plugins import PluginRegistry
@@ -373,6 +374,42 @@ def test_no_mask_gives_exactly_the_numbers_of_an_all_true_mask(
     masked = outcome(strategy, scores, np.ones(count, dtype=np.bool_), uncertainty)
 
     assert fast == masked
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    strategy=any_strategy,
+    data=st.data(),
+    count=st.integers(1, 12),
+    dtype=st.sampled_from([np.float64, np.float32]),
+)
+def test_a_greedy_split_is_what_probabilities_gives(
+    strategy: Strategy, data: st.DataObject, count: int, dtype: type[np.floating[Any]]
+) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # floats beyond float32's range
+        scores = np.array(data.draw(st.lists(any_score, min_size=count, max_size=count)), dtype)
+    spreads = data.draw(st.none() | st.lists(any_spread, min_size=count, max_size=count))
+    uncertainty = None if spreads is None else vector(*spreads)
+
+    split = greedy_split(strategy, scores, uncertainty)
+
+    if split is not None:
+        assert isinstance(strategy, EpsilonGreedy | UpperConfidenceBound)
+        expected = strategy.probabilities(scores, None, uncertainty).tolist()
+        assert [p.hex() for p in split] == [p.hex() for p in expected]
+
+
+@pytest.mark.parametrize("name", ["epsilon_greedy", "ucb"])
+def test_everyday_scores_take_the_greedy_split(name: str) -> None:
+    strategy = STRATEGIES[name]
+    rng = np.random.default_rng(5)
+    for _ in range(50):
+        scores, spread = rng.normal(size=8), rng.uniform(0.0, 0.5, size=8)
+        split = greedy_split(strategy, scores, spread)
+        assert split == tuple(strategy.probabilities(scores, None, spread).tolist())
+    assert greedy_split(STRATEGIES["softmax"], scores, spread) is None
+    assert greedy_split(strategy, vector(1.0, math.nan), vector(0.1, 0.1)) is None
 
 
 @pytest.mark.parametrize("name", list(STRATEGIES))

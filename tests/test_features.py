@@ -887,6 +887,45 @@ def test_statistics_updated_after_encoding_are_used(
         assert_same_bits(encoder.encode(context), reference_encode(encoder, context))
 
 
+finite_floats = st.one_of(st.floats(-10, 10), st.floats(allow_nan=False, allow_infinity=False))
+wide_values = st.one_of(finite_floats, st.integers(-3, 3), st.booleans(), st.none(), st.just("x"))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    dim=st.sampled_from([8, 64, features._DENSE, features._DENSE + 1]),
+    count=st.integers(features._VECTOR_KEYS - 2, 80),
+    data=st.data(),
+)
+def test_wide_contexts_of_floats_encode_as_the_reference(
+    dim: int, count: int, data: st.DataObject
+) -> None:
+    """Contexts of many floats take numpy's path; NaN, inf, huge values and other types the
+    loop's. Either gives the reference's bits."""
+    keys = [f"f{i}" for i in range(count)]
+
+    def floats(odd: bool) -> list[float]:
+        drawn = data.draw(st.lists(finite_floats, min_size=count, max_size=count))
+        if odd:
+            drawn[data.draw(st.integers(0, count - 1))] = data.draw(odd_numbers)
+        return drawn
+
+    fitted = [
+        dict(zip(keys, floats(i == 1), strict=True)) for i in range(data.draw(st.integers(0, 3)))
+    ]
+    encoder = FeatureEncoder(FeatureSpec(dim=dim)).fit(fitted)
+    mixed = data.draw(st.lists(wide_values, min_size=count, max_size=count))
+    contexts = [
+        dict(zip(keys, values, strict=True)) for values in (floats(False), floats(True), mixed)
+    ]
+
+    for context in contexts + fitted:
+        expected = reference_encode(encoder, context)
+        assert_same_bits(encoder.encode(context), expected)
+        assert_same_bits(encoder.encode(dict(reversed(context.items()))), expected)
+        assert_same_bits(encoder.encode_many([context])[0], expected)
+
+
 def test_a_numeric_key_scales_with_the_current_statistics() -> None:
     encoder = FeatureEncoder(WIDE).fit([{"x": 0.0}, {"x": 2.0}])
     slot = slot_of(FeatureEncoder(WIDE), {"x": 1.0})

@@ -41,7 +41,8 @@ from agentrt.storage.tables import MetricRow, PolicyVersionRow
 ACTIONS = ("a", "b", "c")
 BEST = {"t0": "a", "t1": "b", "t2": "c"}
 P_BEST, P_OTHER = 0.8, 0.2
-EPSILON = 0.1  # the default exploration: epsilon-greedy 0.1, decay 0.995, floor 0.01
+# Epsilon-greedy's defaults (0.1, decay 0.995, floor 0.01); the linear learner's default is UCB.
+EPSILON = 0.1
 DECAY = 0.995
 
 Matrix = npt.NDArray[np.float64]
@@ -55,11 +56,14 @@ def make_config(
     min_rows: int = 50,
     models: Mapping[str, Any] | None = None,
     model: str | None = None,
+    exploration: Mapping[str, Any] | None = None,
 ) -> AgentRTConfig:
     agent: dict[str, Any] = {
         "actions": list(ACTIONS),
         "training": {"min_rows": min_rows},
     }
+    if exploration is not None:
+        agent["exploration"] = dict(exploration)
     if model is None:
         agent["learner"] = learner
     else:
@@ -223,7 +227,8 @@ def check_activated(cycle: AgentCycle, version: int, rows: int) -> None:
 
 async def test_cycle_learns_hot_swaps_and_beats_the_baseline(db_url: str, tmp_path: Path) -> None:
     rng = random.Random(3)
-    config = make_config(db_url, tmp_path / "spill")
+    # Epsilon-greedy, configured: its epsilon decays with every promotion.
+    config = make_config(db_url, tmp_path / "spill", exploration={"method": "epsilon_greedy"})
     async with Runtime(config, clock=TickingClock()) as rt:
         baseline = await play(rt, 600, rng)
         assert baseline.versions == {None}

@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 import operator
 import re
+import struct
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -54,22 +55,42 @@ _MAX_PLANS = 1_024
 # Up to this width a context is summed in a list of every slot (cheapest to write into the
 # vector); wider ones in a dict of the slots it touches, so that a wide spec costs per key.
 _DENSE = 256
+# From this many keys, a context whose values are all floats is scaled and summed by numpy
+# (a handful of array operations) instead of key by key: fewer keys are cheaper in Python.
+_VECTOR_KEYS = 16
+# That path takes values and offsets below _HUGE in magnitude (others take the loop), so that
+# no number overflows on the way (the smallest divisor is 1e-12) and numpy never warns.
+_HUGE = 1e290
 
 # Where an encoding sums its slots: a list of every slot, or a dict of the slots touched.
 _Accumulator = list[float] | defaultdict[int, float]
+_Floats = npt.NDArray[np.float64]
+
+
+class _Numbers(NamedTuple):
+    """A plan's keys as arrays, for a context whose every value is a float: the slots, their
+    offsets and divisors, the value types that qualify (``float`` per key), and a packer of
+    the values into float64 bytes."""
+
+    slots: npt.NDArray[np.intp]
+    offsets: _Floats
+    divisors: _Floats
+    types: tuple[type, ...]
+    pack: Callable[..., bytes]
 
 
 class _Plan(NamedTuple):
     """What encoding one set of context keys needs, computed once: the keys in sorted order
     (without the feature plugins' keys), where a number under each key goes (its slot, and
     the scaling of that slot, see :meth:`FeatureEncoder._scaling`), and a getter of the
-    keys' values in that order."""
+    keys' values in that order; with many keys on a dense spec, the same as arrays."""
 
     keys: tuple[str, ...]
     slots: tuple[int, ...]
     offsets: tuple[float, ...]
     divisors: tuple[float, ...]
     values: Callable[[Mapping[str, Any]], tuple[Any, ...]]
+    numbers: _Numbers | None
 
 
 class ExtractorRef(NamedTuple):
@@ -242,6 +263,9 @@ class FeatureEncoder:
             start += ref.dim
         self._blocks = tuple(blocks)
         self._width = start
+        # The clip as 0-d arrays: numpy takes them faster than Python floats.
+        self._high = np.array(self.spec.clip, dtype=np.float64)
+        self._low = np.array(-self.spec.clip, dtype=np.float64)
 
     # -- hashing ---------------------------------------------------------------------------
 
@@ -261,13 +285,22 @@ class FeatureEncoder:
         keys = tuple(sorted(key for key in key_order if key not in self.extractors))
         slots = tuple(self._hash(f"n:{key}")[0] for key in keys)
         scalings = [self._scales[slot] or self._scaling(slot) for slot in slots]
-        plan = _Plan(
-            keys,
-            slots,
-            tuple(offset for offset, _ in scalings),
-            tuple(divisor for _, divisor in scalings),
-            _getter(keys),
-        )
+        offsets = tuple(offset for offset, _ in scalings)
+        divisors = tuple(divisor for _, divisor in scalings)
+        numbers = None
+        if (
+            len(keys) >= _VECTOR_KEYS
+            and self.spec.dim <= _DENSE
+            and all(abs(offset) < _HUGE for offset in offsets)
+        ):
+            numbers = _Numbers(
+                np.array(slots, dtype=np.intp),
+                np.array(offsets, dtype=np.float64),
+                np.array(divisors, dtype=np.float64),
+                (float,) * len(keys),
+                struct.Struct(f"={len(keys)}d").pack,
+            )
+        plan = _Plan(keys, slots, offsets, divisors, _getter(keys), numbers)
         # Plain string keys only: a key that merely equals a string could format otherwise.
         if all(type(key) is str for key in keys):
             if len(self._plans) >= _MAX_PLANS:
@@ -337,9 +370,11 @@ class FeatureEncoder:
     def encode(self, context: Mapping[str, Any]) -> npt.NDArray[np.float32]:
         """One context as a vector of width ``spec.width``."""
         out = np.zeros(self._width, dtype=np.float32)
+        if not self._blocks:
+            self._encode_into(context, out)
+            return out
         self._encode_into(context, out[: self.spec.dim])
-        if self._blocks:
-            self._encode_blocks([context], out[None, :])
+        self._encode_blocks([context], out[None, :])
         return out
 
     def encode_many(self, contexts: Sequence[Mapping[str, Any]]) -> npt.NDArray[np.float32]:
@@ -376,12 +411,20 @@ class FeatureEncoder:
         # may return JSON objects reordered), and each slot adds its terms in one fixed order.
         key_order = tuple(context)
         plan = self._plans.get(key_order) or self._plan(key_order)
+        numbers = plan.numbers
+        if numbers is not None:
+            values = plan.values(context)
+            if tuple(map(type, values)) == numbers.types:
+                summed = self._sum_floats(numbers, values)
+                if summed is not None:
+                    out[:] = summed
+                    return
         dim = self.spec.dim
         acc: _Accumulator = [0.0] * dim if dim <= _DENSE else defaultdict(float)
         high = self.spec.clip
         low = -high
         later: list[tuple[str, Any]] = []
-        keys, slots, offsets, divisors, values_of = plan
+        keys, slots, offsets, divisors, values_of, _ = plan
         for key, slot, offset, divisor, value in zip(
             keys, slots, offsets, divisors, values_of(context), strict=True
         ):
@@ -412,6 +455,19 @@ class FeatureEncoder:
         elif acc:
             count = len(acc)
             out[np.fromiter(acc, np.intp, count)] = np.fromiter(acc.values(), np.float64, count)
+
+    def _sum_floats(self, numbers: _Numbers, values: tuple[float, ...]) -> _Floats | None:
+        """The loop of :meth:`_encode_into` for floats, in numpy: the same float64 operations,
+        each slot summing its terms in the same (sorted key) order. None when a value is NaN,
+        infinite or huge (the loop skips the first two)."""
+        # The norm, computed without overflow: NaN or inf when a value is.
+        if not math.hypot(*values) < _HUGE:
+            return None
+        x = np.frombuffer(numbers.pack(*values)) - numbers.offsets
+        x /= numbers.divisors
+        np.minimum(x, self._high, out=x)
+        np.maximum(x, self._low, out=x)
+        return np.bincount(numbers.slots, x, self.spec.dim).astype(np.float64, copy=False)
 
     def _collect(
         self, key: str, value: object, acc: _Accumulator, later: list[tuple[str, Any]]

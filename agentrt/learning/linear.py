@@ -70,6 +70,9 @@ class LinearModel:
         self._a_inv = self.a_inv.numpy()
         self._sse = self.sse.numpy()
         self._rows = self.rows.numpy()
+        d = self._theta.shape[1]
+        self._a_inv_stacked = self._a_inv.reshape(k * d, d)  # a view too
+        self._noise = self.noise()  # kept current by update()
 
     @classmethod
     def prior(cls, actions: int, inputs: int, ridge: float) -> LinearModel:
@@ -91,18 +94,36 @@ class LinearModel:
         variance: Matrix = (np.maximum(self._sse, 0.0) + PRIOR_ROWS) / (self._rows + PRIOR_ROWS)
         return variance
 
+    def _inputs(self, features: npt.NDArray[np.float32]) -> Matrix:
+        x = np.empty((features.shape[0], self._theta.shape[1]))
+        x[:, :-1] = features
+        x[:, -1] = 1.0
+        return x
+
     def predict(self, features: npt.NDArray[np.float32]) -> tuple[Matrix, Matrix]:
         """Mean reward and its posterior standard deviation per action, shape (n, K) each."""
-        n = features.shape[0]
+        x = self._inputs(features)
+        means: Matrix = x @ self._theta.T
+        n = x.shape[0]
         k, d = self._theta.shape
-        x = np.ones((n, d))
-        x[:, :-1] = features
-        means = x @ self._theta.T
-        # x^T A_a^-1 x per row and action: one product with the stacked (K*D, D) inverses, then
-        # a two-operand einsum (with three, einsum loops over all n*K*D*D terms one by one).
-        projected = (self._a_inv.reshape(k * d, d) @ x.T).reshape(k, d, n)
-        variance = np.einsum("kdn,nd->nk", projected, x) * self.noise()
-        return means, np.sqrt(np.maximum(variance, 0.0))
+        # x^T A_a^-1 x per row and action: one product with the stacked (K*D, D) inverses,
+        # then per row (one row: a matrix-vector product; more: a two-operand einsum, as with
+        # three einsum loops over all n*K*D*D terms one by one).
+        if n == 1:
+            row = x[0]
+            variance: Matrix = ((self._a_inv_stacked @ row).reshape(k, d) @ row)[None, :]
+        else:
+            projected = (self._a_inv_stacked @ x.T).reshape(k, d, n)
+            variance = np.einsum("kdn,nd->nk", projected, x)
+        variance *= self._noise
+        np.maximum(variance, 0.0, out=variance)
+        return means, np.sqrt(variance, out=variance)
+
+    def predict_means(self, features: npt.NDArray[np.float32]) -> Matrix:
+        """The means of :meth:`predict` (the same numbers), without the uncertainty: what a
+        policy that does not explore by it (epsilon-greedy, softmax) needs."""
+        means: Matrix = self._inputs(features) @ self._theta.T
+        return means
 
     def update(
         self,
@@ -129,6 +150,7 @@ class LinearModel:
             self._theta[a] += gain * (error / denominator)
             self._sse[a] += error * error / denominator
             self._rows[a] += 1.0
+        self._noise = self.noise()
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"theta": self.theta, "a_inv": self.a_inv, "sse": self.sse, "rows": self.rows}
