@@ -135,7 +135,7 @@ def split_episodes(episodes: Indices, holdout: float, seed: int) -> tuple[Indice
 
 class DQNModel(NeuralModel):
     """A trained Q-network: ``predict`` gives each action's estimated discounted return,
-    shape (n, K), with no uncertainty estimate; evaluated on CPU under ``inference_mode``."""
+    shape (n, K), with no uncertainty estimate; evaluated on CPU with its parameters frozen."""
 
 
 class DQNLearner:
