@@ -42,6 +42,19 @@ def _number(value: object) -> float:
         return math.nan
 
 
+def _is_plain(value: object) -> bool:
+    """Whether ``value`` is already a plain JSON scalar: the common case, checked by exact type
+    (``value - value == 0.0`` is False for NaN and the infinities)."""
+    kind = type(value)
+    return (
+        kind is str
+        or (kind is float and value - value == 0.0)  # type: ignore[operator]
+        or (kind is int and _INT_MIN <= value <= _INT_MAX)  # type: ignore[operator]
+        or kind is bool
+        or value is None
+    )
+
+
 def _plain_scalar(value: object) -> object:
     """``value`` as a plain JSON scalar (subclasses such as numpy.float64 converted), or
     ``_MISSING`` when it is not a finite number, boolean, string or None."""
@@ -67,8 +80,14 @@ def check_context(context: object, max_bytes: int) -> dict[str, ContextValue]:
         if type(key) is not str:
             raise InvalidInputError("context", key, "keys must be strings")
         kind = type(value)
-        # The common plain types first; `value - value == 0.0` is False for NaN and inf.
-        if kind is str or kind is bool or value is None or (kind is float and value - value == 0.0):
+        # _is_plain() inline: this loop runs for every key of every decision.
+        if (
+            kind is str
+            or (kind is float and value - value == 0.0)
+            or (kind is int and _INT_MIN <= value <= _INT_MAX)
+            or kind is bool
+            or value is None
+        ):
             out[key] = value
         elif (plain := _plain_scalar(value)) is not _MISSING:
             out[key] = plain  # type: ignore[assignment]
@@ -99,20 +118,37 @@ def check_outcome(outcome: object, max_bytes: int, field: str = "outcome") -> di
     """An outcome mapping as plain JSON data (nested mappings become dicts) within the limit."""
     if outcome is None:
         return None
-    if not isinstance(outcome, Mapping):
-        raise InvalidInputError(field, outcome, "must be a mapping with string keys")
-    try:
-        plain = _plain_json(outcome, 0)
-    except _NotJSON as exc:
-        raise InvalidInputError(
-            field, outcome, f"must hold only JSON values (finite numbers, strings, lists...): {exc}"
-        ) from None
+    plain: object = _flat_plain(outcome)
+    if plain is None:
+        if not isinstance(outcome, Mapping):
+            raise InvalidInputError(field, outcome, "must be a mapping with string keys")
+        try:
+            plain = _plain_json(outcome, 0)
+        except _NotJSON as exc:
+            raise InvalidInputError(
+                field,
+                outcome,
+                f"must hold only JSON values (finite numbers, strings, lists...): {exc}",
+            ) from None
     size = len(orjson.dumps(plain))
     if size > max_bytes:
         raise InvalidInputError(
             field, f"<{size} bytes>", f"is larger than runtime.max_context_bytes ({max_bytes})"
         )
     return cast("dict[str, Any]", plain)
+
+
+def _flat_plain(outcome: object) -> dict[str, object] | None:
+    """A copy of a dict whose keys are strings and whose values are plain scalars (the usual
+    outcome, such as ``{"latency_ms": 12}``), or None when it is anything else."""
+    if type(outcome) is not dict:
+        return None
+    out: dict[str, object] = {}
+    for key, value in outcome.items():
+        if type(key) is not str or not _is_plain(value):
+            return None
+        out[key] = value
+    return out
 
 
 class _NotJSON(Exception):
@@ -143,6 +179,8 @@ def _plain_json(value: object, depth: int) -> object:
 
 def check_reward(reward: object, field: str = "reward") -> float:
     """A finite reward as a float (booleans count as 1.0 and 0.0)."""
+    if type(reward) is float and reward - reward == 0.0:
+        return reward
     if isinstance(reward, bool):
         return 1.0 if reward else 0.0
     if not isinstance(reward, int | float):
@@ -232,6 +270,8 @@ def check_propensity(propensity: object) -> float | None:
     """A propensity in (0, 1], or None when unknown."""
     if propensity is None:
         return None
+    if type(propensity) is float and 0.0 < propensity <= 1.0:  # False for NaN
+        return propensity
     if isinstance(propensity, bool) or not isinstance(propensity, int | float):
         raise InvalidInputError("propensity", propensity, "must be a number in (0, 1] or None")
     value = _number(propensity)

@@ -45,12 +45,21 @@ class _Payload(BaseModel):
         The hot path validates its inputs itself (agentrt.inputs) and then needs the object in
         well under a microsecond; ``model_construct`` costs several. Every field must be given.
         """
-        instance = cls.__new__(cls)
-        object.__setattr__(instance, "__dict__", fields)
-        object.__setattr__(instance, "__pydantic_fields_set__", _ALL_FIELDS[cls])
-        object.__setattr__(instance, "__pydantic_extra__", None)
-        object.__setattr__(instance, "__pydantic_private__", None)
+        instance = _new_object(cls)
+        _set_dict(instance, fields)
+        _set_fields_set(instance, _ALL_FIELDS[cls])
+        _set_extra(instance, None)
+        _set_private(instance, None)
         return instance
+
+
+# The descriptors of BaseModel's slots, called directly: ``object.__setattr__`` would look each
+# name up again on every call, and ``trusted()`` runs twice per ``record()``.
+_new_object = object.__new__
+_set_dict = BaseModel.__dict__["__dict__"].__set__
+_set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
+_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
 
 
 class Decision(_Payload):

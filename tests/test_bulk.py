@@ -24,7 +24,12 @@ from agentrt.config import AgentConfig, DatabaseConfig, SQLitePragmasConfig
 from agentrt.errors import StorageError
 from agentrt.schemas import Decision, Episode, Feedback
 from agentrt.storage import repositories
-from agentrt.storage.bulk import DECISION_COLUMNS, existing_decision_ids, write_experience
+from agentrt.storage.bulk import (
+    DECISION_COLUMNS,
+    ExperienceWriter,
+    existing_decision_ids,
+    write_experience,
+)
 from agentrt.storage.engine import Database
 from agentrt.storage.migrate import ensure_schema
 from agentrt.storage.tables import Base, DecisionRow, EpisodeRow, FeedbackRow
@@ -360,6 +365,60 @@ async def test_a_refused_batch_leaves_earlier_rows_alone(database: Database) -> 
     async with database.session() as session:
         ids = set((await session.execute(select(DecisionRow.id))).scalars())
     assert ids == {kept.id}
+
+
+# -- the collector's writer ----------------------------------------------------------------
+
+
+async def test_the_writer_writes_batches_once_on_its_kept_connection(database: Database) -> None:
+    writer = ExperienceWriter(database)
+    try:
+        first = [full_decision(i) for i in range(3)]
+        await writer.write(first, [feedback_for(d) for d in first], [episode()])
+        second = [bare_decision(10 + i) for i in range(2)]
+        await writer.write(second, [feedback_for(d) for d in second])
+        # A retried batch (its first attempt committed) and a replay: nothing is doubled.
+        await writer.write(first, [feedback_for(first[0])], fresh=True)
+        await writer.write(second, [], fresh=False)
+    finally:
+        await writer.close()
+    assert await counts(database) == (5, 6, 1)
+
+
+async def test_a_batch_refused_through_the_writer_leaves_nothing_and_the_writer_usable(
+    database: Database,
+) -> None:
+    writer = ExperienceWriter(database)
+    try:
+        kept = full_decision(0)
+        await writer.write([kept], [feedback_for(kept)])
+        batch = [full_decision(1), bad_decision()]
+        with pytest.raises(StorageError) as caught:
+            await writer.write(batch, [feedback_for(batch[0])])
+        assert caught.value.transient is False
+        assert await counts(database) == (1, 1, 0)
+        await writer.write(batch[:1], [feedback_for(batch[0])])
+    finally:
+        await writer.close()
+    assert await counts(database) == (2, 2, 0)
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+async def test_both_postgresql_paths_store_equal_rows(database: Database, fresh: bool) -> None:
+    """The direct COPY (fresh ids) and the staging path (retries) store the same rows."""
+    decisions = [full_decision(0), bare_decision(1)]
+    feedback = [feedback_for(decisions[0]), feedback_for(decisions[1], outcome=None)]
+    await write_experience(database, decisions, feedback, [episode()], fresh=fresh)
+    async with database.session() as session:
+        for decision in decisions:
+            row = await session.get(DecisionRow, decision.id)
+            assert row is not None
+            assert Decision.model_validate(row_fields(row)) == decision
+        for item in feedback:
+            feedback_row = await session.get(FeedbackRow, item.id)
+            assert feedback_row is not None
+            assert Feedback.model_validate(row_fields(feedback_row)) == item
+    assert await counts(database) == (2, 2, 1)
 
 
 # -- existing_decision_ids -----------------------------------------------------------------

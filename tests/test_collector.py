@@ -23,14 +23,14 @@ import pytest
 from anyio.abc import SocketAttribute, SocketStream, TaskStatus
 from anyio.lowlevel import checkpoint
 from anyio.streams.buffered import BufferedByteReceiveStream
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.engine import make_url
 from structlog.testing import capture_logs
 
 from agentrt import Runtime, load_config
 from agentrt.config import AgentRTConfig, DatabaseConfig
 from agentrt.errors import BackpressureError, StorageError
-from agentrt.pipeline.collector import ExperienceCollector
+from agentrt.pipeline.collector import Execution, ExperienceCollector, KnownDecisions
 from agentrt.pipeline.spill import ExperienceRecord, SpillDirectory, read_spill
 from agentrt.schemas import Decision, Feedback, Knowledge
 from agentrt.storage.engine import Database
@@ -382,6 +382,116 @@ async def test_runtime_sync_mode_group_commits_concurrent_records(
         assert sorted(await stored_ids(db_url, DecisionRow)) == sorted(ids)
         assert rt.stats.written == 2 * calls
         assert rt.stats.batches < calls
+
+
+async def test_an_execution_is_written_as_its_decision_and_its_reward(
+    database: Database, tmp_path: Path
+) -> None:
+    collector = make_collector(database, tmp_path)
+    made = decision(1)
+    async with running(collector):
+        assert collector.offer(Execution(made, 0.25, {"latency_ms": 12}, "app"))
+        await collector.flush()
+    assert collector.stats.enqueued == 2
+    assert collector.stats.written == 2
+    async with database.session() as session:
+        stored = (await session.execute(select(FeedbackRow))).scalars().one()
+    assert stored.decision_id == made.id
+    assert (stored.kind, stored.reward, stored.outcome, stored.source) == (
+        "reward",
+        0.25,
+        {"latency_ms": 12},
+        "app",
+    )
+    assert stored.created_at == made.created_at
+    assert await stored_ids(database.url, DecisionRow) == [made.id]
+
+
+async def test_single_records_tuples_and_executions_share_one_buffer(
+    sqlite_db: Database, tmp_path: Path
+) -> None:
+    collector = make_collector(sqlite_db, tmp_path, buffer_size=3, backpressure="error")
+    first, second, third = decision(1), decision(2), decision(3)
+    assert collector.offer(first)
+    assert collector.offer((second, reward(second)))
+    assert collector.offer(Execution(third, 1.0, None, None))
+    # Three entries fill a buffer of three, whatever each holds.
+    with pytest.raises(BackpressureError):
+        collector.offer(decision(4))
+    assert collector.buffered == 3
+    async with running(collector):
+        await collector.flush()
+    assert collector.stats.written == 5
+    assert sorted(await stored_ids(sqlite_db.url, DecisionRow)) == sorted(
+        [first.id, second.id, third.id]
+    )
+    assert await count(sqlite_db, FeedbackRow) == 2
+
+
+async def test_enqueue_waits_for_room_when_blocking(sqlite_db: Database, tmp_path: Path) -> None:
+    collector = make_collector(sqlite_db, tmp_path, buffer_size=1)
+    queued = Execution(decision(1), 1.0, None, None)
+    assert collector.offer(queued)
+    enqueued = anyio.Event()
+
+    async def enqueue_one_more() -> None:
+        await collector.enqueue(Execution(decision(2), 0.0, None, None))
+        enqueued.set()
+
+    async with running(collector), anyio.create_task_group() as tg:
+        tg.start_soon(enqueue_one_more)
+        with anyio.fail_after(WAIT_LIMIT):
+            await enqueued.wait()
+        await collector.flush()
+    assert collector.stats.enqueued == 4
+    assert await count(sqlite_db, DecisionRow) == 2
+    assert await count(sqlite_db, FeedbackRow) == 2
+
+
+@pytest.mark.postgres
+async def test_a_batch_after_the_server_dropped_the_collectors_connection_is_written(
+    pg_url: str, tmp_path: Path
+) -> None:
+    db = Database(DatabaseConfig(url=pg_url))
+    await ensure_schema(db, auto_migrate=True)
+    collector = make_collector(db, tmp_path)
+    try:
+        async with running(collector):
+            await collector.submit_and_wait(decision(1))
+            # The server ends every other session of the database: the connection the
+            # collector keeps between batches is among them.
+            name = make_url(pg_url).database
+            async with db.session() as session:
+                await session.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = :name AND pid <> pg_backend_pid()"
+                    ),
+                    {"name": name},
+                )
+            await collector.submit_and_wait(decision(2))
+        assert collector.stats.written == 2
+        assert collector.stats.retries == 0
+        assert collector.stats.spilled == 0
+        assert len(await stored_ids(pg_url, DecisionRow)) == 2
+    finally:
+        await db.dispose()
+
+
+async def test_known_decisions_keep_the_newest_ids_within_their_capacity() -> None:
+    known = KnownDecisions(capacity=10)
+    ids = [uuid.uuid4() for _ in range(25)]
+    for number, decision_id in enumerate(ids):
+        known.add(decision_id, f"agent-{number % 2}", "live")
+    remembered = [decision_id for decision_id in ids if decision_id in known]
+    # At most the capacity, at least half of it, always the newest.
+    assert 5 <= len(remembered) <= 10
+    assert remembered == ids[-len(remembered) :]
+    assert known.get(ids[-1]) == ("agent-0", "live")
+    assert known.get(ids[0]) is None
+    assert str(ids[-1]) not in known
+    known.add(ids[-1], "agent-0", "deferred")
+    assert known.get(ids[-1]) == ("agent-0", "deferred")
 
 
 # -- processors ----------------------------------------------------------------------------

@@ -572,6 +572,56 @@ def test_check_outcome_accepts_json_and_copies_the_mapping() -> None:
     assert check_outcome(OrderedDict(a=1), MAX_BYTES) == {"a": 1}
 
 
+class _Ratio(float):
+    """A float subclass, as numpy.float64 is."""
+
+
+_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=20),
+)
+
+
+@given(st.dictionaries(st.text(max_size=10), _SCALARS, max_size=8))
+def test_flat_outcomes_come_back_as_equal_copies_with_their_types(
+    outcome: dict[str, object],
+) -> None:
+    checked = check_outcome(outcome, MAX_BYTES)
+    assert checked == outcome
+    assert checked is not outcome
+    assert checked is not None
+    assert [type(value) for value in checked.values()] == [
+        type(value) for value in outcome.values()
+    ]
+
+
+def test_number_subclasses_become_plain_numbers_in_outcomes_and_contexts() -> None:
+    outcome = check_outcome({"ratio": _Ratio(0.5), "flag": True}, MAX_BYTES)
+    context = check_context({"ratio": _Ratio(0.5)}, MAX_BYTES)
+    assert outcome is not None
+    assert type(outcome["ratio"]) is float
+    assert outcome["flag"] is True
+    assert type(context["ratio"]) is float
+    assert type(check_reward(_Ratio(0.5))) is float
+    assert type(check_propensity(_Ratio(0.5))) is float
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, 2**63, -(2**63) - 1])
+def test_non_finite_or_huge_numbers_are_refused_in_flat_outcomes(value: float) -> None:
+    with pytest.raises(InvalidInputError) as caught:
+        check_outcome({"ok": 1, "bad": value}, MAX_BYTES)
+    assert caught.value.field == "outcome"
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, 0.0, -0.5, 1.0000001])
+def test_plain_float_propensities_outside_the_interval_are_refused(value: float) -> None:
+    with pytest.raises(InvalidInputError):
+        check_propensity(value)
+
+
 # -- what the errors say ----------------------------------------------------------------
 
 

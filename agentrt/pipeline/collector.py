@@ -4,11 +4,13 @@ The application's calls put records into a bounded anyio memory stream and retur
 mode) or wait for their commit (sync mode). One collector task drains the stream in batches,
 runs the configured processors, and writes each batch in one transaction, idempotently by id.
 
-While the database is unreachable the batch is retried with exponential backoff; when the
-buffer fills up meanwhile, records go to the local spill file (fsynced) and are replayed after
-the database is back. A record the database refuses for good (it should never happen: inputs
-are validated first) is written to a ``rejected-*.jsonl`` file beside the spill files, logged
-and counted. Nothing acknowledged is lost, and nothing is written twice.
+The collector writes through one connection that it keeps between batches
+(:class:`~agentrt.storage.bulk.ExperienceWriter`). While the database is unreachable the batch
+is retried with exponential backoff; when the buffer fills up meanwhile, records go to the
+local spill file (fsynced) and are replayed after the database is back. A record the database
+refuses for good (it should never happen: inputs are validated first) is written to a
+``rejected-*.jsonl`` file beside the spill files, logged and counted. Nothing acknowledged is
+lost, and nothing is written twice.
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, NamedTuple, cast
 
 import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from agentrt.errors import BackpressureError, StorageError
+from agentrt.ids import new_id
 from agentrt.log import get_logger
 from agentrt.pipeline.spill import ExperienceRecord, SpillDirectory, SpillFile
 from agentrt.schemas import Decision, Episode, Feedback, Knowledge
@@ -33,7 +36,7 @@ from agentrt.storage import bulk, repositories
 from agentrt.storage.engine import Database
 from agentrt.types import ExperienceBatch, Processor
 
-__all__ = ["CollectorStats", "ExperienceCollector", "KnownDecisions"]
+__all__ = ["CollectorStats", "Execution", "ExperienceCollector", "KnownDecisions"]
 
 log = get_logger(__name__)
 
@@ -57,51 +60,128 @@ class CollectorStats:
 
 
 class KnownDecisions:
-    """A bounded memory of recent decision ids and their agents (newest kept)."""
+    """A bounded memory of recent decision ids and their agents: the newest ``capacity`` ids
+    at most, and at least the newest ``capacity // 2``.
+
+    Two generations of half the capacity each: when the young one is full it becomes the old
+    one and the old one is dropped, so adding costs the same however many ids came before.
+    (Evicting the oldest key of one dict, one key per add, costs a scan over every key deleted
+    before it: tens of microseconds per call once the memory is full.)
+
+    Ids are kept as their 128-bit integers, with one shared ``(agent_id, mode)`` tuple per
+    pair: integers and strings are not tracked by the cyclic garbage collector, so neither
+    are these dicts, and a full memory adds nothing to the application's collections (UUID
+    objects would be 200,000 more objects in every full collection).
+    """
 
     def __init__(self, capacity: int = 200_000) -> None:
         self.capacity = capacity
-        # dicts keep insertion order, so the first key is the oldest.
-        self._ids: dict[uuid.UUID, tuple[str, str]] = {}
+        self._generation = max(1, capacity // 2)
+        self._young: dict[int, tuple[str, str]] = {}
+        self._old: dict[int, tuple[str, str]] = {}
+        self._pairs: dict[tuple[str, str], tuple[str, str]] = {}
 
     def add(self, decision_id: uuid.UUID, agent_id: str, mode: str) -> None:
-        ids = self._ids
-        ids[decision_id] = (agent_id, mode)
-        if len(ids) > self.capacity:
-            del ids[next(iter(ids))]
+        pair = (agent_id, mode)
+        shared = self._pairs.get(pair)
+        if shared is None:
+            shared = self._pairs.setdefault(pair, pair) if len(self._pairs) < 4096 else pair
+        young = self._young
+        young[decision_id.int] = shared
+        if len(young) >= self._generation:
+            self._old = young
+            self._young = {}
 
     def get(self, decision_id: uuid.UUID) -> tuple[str, str] | None:
-        return self._ids.get(decision_id)
+        key = decision_id.int
+        found = self._young.get(key)
+        return found if found is not None else self._old.get(key)
 
     def __contains__(self, decision_id: object) -> bool:
-        return decision_id in self._ids
+        if not isinstance(decision_id, uuid.UUID):
+            return False
+        key = decision_id.int
+        return key in self._young or key in self._old
 
 
 @dataclass(slots=True)
-class _Item:
+class _Waiter:
+    """Records whose caller waits for their commit (sync mode, or a flush)."""
+
     records: Sequence[ExperienceRecord]
-    done: anyio.Event | None = None
+    done: anyio.Event
     error: BaseException | None = None
 
 
-@dataclass
-class _Batch:
-    items: list[_Item] = field(default_factory=list)
+class Execution(NamedTuple):
+    """A finished execution as ``record()`` reports it: its decision and its reward.
 
-    @property
-    def records(self) -> list[ExperienceRecord]:
-        return [record for item in self.items for record in item.records]
+    The collector builds the reward's :class:`Feedback` (a new id, the decision's
+    ``created_at``) when it takes the execution from the buffer: while the execution waits
+    there, it holds one object fewer per call than the (decision, feedback) pair would, and
+    the hot path's objects are what the garbage collector's collections cost.
+    """
+
+    decision: Decision
+    reward: float
+    outcome: dict[str, Any] | None
+    source: str | None
+
+    def records(self) -> tuple[Decision, Feedback]:
+        decision = self.decision
+        feedback = Feedback.trusted(
+            id=new_id(),
+            decision_id=decision.id,
+            kind="reward",
+            reward=self.reward,
+            outcome=self.outcome,
+            source=self.source,
+            created_at=decision.created_at,
+        )
+        return decision, feedback
+
+
+# What the stream carries. Buffered calls send their records without a wrapper: the caller's
+# own tuple, one record, or an Execution.
+_Entry = tuple[ExperienceRecord, ...] | ExperienceRecord | Execution | _Waiter
+
+
+def _count(entry: tuple[ExperienceRecord, ...] | ExperienceRecord | Execution) -> int:
+    if isinstance(entry, Execution):
+        return 2
+    return len(entry) if isinstance(entry, tuple) else 1
+
+
+@dataclass(slots=True)
+class _Batch:
+    records: list[ExperienceRecord] = field(default_factory=list)
+    waiters: list[_Waiter] = field(default_factory=list)
+
+    def add(self, entry: _Entry) -> int:
+        """Take an entry's records; returns how many."""
+        if isinstance(entry, Execution):
+            self.records += entry.records()
+            return 2
+        if isinstance(entry, tuple):
+            records = cast("tuple[ExperienceRecord, ...]", entry)  # not an Execution (above)
+            self.records += records
+            return len(records)
+        if isinstance(entry, _Waiter):
+            self.waiters.append(entry)
+            self.records += entry.records
+            return len(entry.records)
+        self.records.append(entry)
+        return 1
 
     @property
     def urgent(self) -> bool:
         """Someone waits on this batch (sync mode or a flush): write without delay."""
-        return any(item.done is not None for item in self.items)
+        return bool(self.waiters)
 
     def settle(self, error: BaseException | None = None) -> None:
-        for item in self.items:
-            if item.done is not None:
-                item.error = error
-                item.done.set()
+        for waiter in self.waiters:
+            waiter.error = error
+            waiter.done.set()
 
 
 class ExperienceCollector:
@@ -141,17 +221,19 @@ class ExperienceCollector:
         self.processors = list(processors)
         self.known = known if known is not None else KnownDecisions()
         self.stats = CollectorStats()
-        self._send: MemoryObjectSendStream[_Item]
-        self._receive: MemoryObjectReceiveStream[_Item]
-        self._send, self._receive = anyio.create_memory_object_stream[_Item](buffer_size)
+        self._writer = bulk.ExperienceWriter(db)
+        self._send: MemoryObjectSendStream[_Entry]
+        self._receive: MemoryObjectReceiveStream[_Entry]
+        self._send, self._receive = anyio.create_memory_object_stream[_Entry](buffer_size)
         self._outage_since: float | None = None
         self._closing = False
         self._knowledge: list[Knowledge] = []
 
     # -- the hot path --------------------------------------------------------------------
 
-    def offer(self, records: tuple[ExperienceRecord, ...]) -> bool:
-        """Enqueue records if there is room now (no await: the cheapest path).
+    def offer(self, records: tuple[ExperienceRecord, ...] | ExperienceRecord | Execution) -> bool:
+        """Enqueue records (a tuple of them, one record, or an execution) if there is room now
+        (no await: the cheapest path).
 
         Returns:
             False when the buffer is full and ``backpressure`` is ``block`` (call :meth:`submit`).
@@ -160,7 +242,7 @@ class ExperienceCollector:
             BackpressureError: the buffer is full and ``backpressure`` is ``error``.
         """
         try:
-            self._send.send_nowait(_Item(records))
+            self._send.send_nowait(records)
         except anyio.WouldBlock:
             if self.backpressure == "error":
                 raise BackpressureError(
@@ -170,18 +252,25 @@ class ExperienceCollector:
             return False
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             raise StorageError("the runtime is closed: experience is no longer accepted") from None
-        self.stats.enqueued += len(records)
+        self.stats.enqueued += _count(records)
         return True
+
+    async def enqueue(
+        self, entry: tuple[ExperienceRecord, ...] | ExperienceRecord | Execution
+    ) -> None:
+        """Enqueue an entry as :meth:`offer` takes it and return (buffered mode), waiting for
+        room if ``block``."""
+        if self.offer(entry):
+            return
+        try:
+            await self._send.send(entry)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            raise StorageError("the runtime is closed: experience is no longer accepted") from None
+        self.stats.enqueued += _count(entry)
 
     async def submit(self, *records: ExperienceRecord) -> None:
         """Enqueue records and return (buffered mode), waiting for room if ``block``."""
-        if self.offer(records):
-            return
-        try:
-            await self._send.send(_Item(records))
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            raise StorageError("the runtime is closed: experience is no longer accepted") from None
-        self.stats.enqueued += len(records)
+        await self.enqueue(records)
 
     async def submit_and_wait(self, *records: ExperienceRecord) -> None:
         """Enqueue records and return once they are committed (or safe in the spill file).
@@ -191,16 +280,19 @@ class ExperienceCollector:
         Raises:
             StorageError: the database refused the records for good.
         """
-        done = anyio.Event()
-        item = _Item(records, done)
+        waiter = _Waiter(records, anyio.Event())
         try:
-            await self._send.send(item)
+            try:
+                # No checkpoint when there is room: the wait for the commit below is one.
+                self._send.send_nowait(waiter)
+            except anyio.WouldBlock:
+                await self._send.send(waiter)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             raise StorageError("the runtime is closed: experience is no longer accepted") from None
         self.stats.enqueued += len(records)
-        await done.wait()
-        if item.error is not None:
-            raise item.error
+        await waiter.done.wait()
+        if waiter.error is not None:
+            raise waiter.error
 
     async def flush(self) -> None:
         """Return once everything enqueued before this call is written (or spilled)."""
@@ -212,13 +304,12 @@ class ExperienceCollector:
         self._send.close()
 
     def _spill_remaining(self) -> int:
-        items: list[_Item] = []
+        batch = _Batch()
         while True:
             try:
-                items.append(self._receive.receive_nowait())
+                batch.add(self._receive.receive_nowait())
             except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
                 break
-        batch = _Batch(items)
         records = batch.records
         if records:
             self._spill(records)
@@ -240,7 +331,7 @@ class ExperienceCollector:
                 await self._replay_spill()
                 while True:
                     batch, closed = await self._next_batch()
-                    if batch.items:
+                    if batch.records or batch.waiters:
                         await self._write(batch)
                     if closed:
                         break
@@ -251,15 +342,15 @@ class ExperienceCollector:
             finally:
                 self.spill.current.close()
                 self.rejected.close()
+                await self._close_writer()
 
     async def _next_batch(self) -> tuple[_Batch, bool]:
         """The next batch: by size, or whatever arrived within the flush interval."""
         batch = _Batch()
         try:
-            batch.items.append(await self._receive.receive())
+            count = batch.add(await self._receive.receive())
         except anyio.EndOfStream:
             return batch, True
-        count = len(batch.items[0].records)
         deadline = anyio.current_time() + self.flush_interval
         while count < self.batch_size:
             try:
@@ -276,11 +367,10 @@ class ExperienceCollector:
                 if waited is None:
                     break
                 item = waited
-            batch.items.append(item)
-            count += len(item.records)
+            count += batch.add(item)
         return batch, False
 
-    async def _receive_until(self, deadline: float) -> _Item | None:
+    async def _receive_until(self, deadline: float) -> _Entry | None:
         with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
             return await self._receive.receive()
         return None
@@ -288,9 +378,10 @@ class ExperienceCollector:
     async def _write(self, batch: _Batch) -> None:
         records = self._process(batch.records)
         backoff = _BACKOFF_START
+        fresh = True
         while True:
             try:
-                await self._insert(records)
+                await self._insert(records, fresh=fresh)
             except anyio.get_cancelled_exc_class():
                 # Shutdown ran out of time mid-write: keep the batch on disk (replay is idempotent).
                 self._spill(records)
@@ -309,6 +400,8 @@ class ExperienceCollector:
                     batch.settle()
                     return
                 self.stats.retries += 1
+                # The failed attempt may have committed before the connection broke.
+                fresh = False
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
                 continue
@@ -346,7 +439,7 @@ class ExperienceCollector:
                 )
         return [*batch.decisions, *batch.feedback, *batch.episodes]
 
-    async def _insert(self, records: Sequence[ExperienceRecord]) -> None:
+    async def _insert(self, records: Sequence[ExperienceRecord], *, fresh: bool) -> None:
         decisions: list[Decision] = []
         feedback: list[Feedback] = []
         episodes: list[Episode] = []
@@ -358,7 +451,13 @@ class ExperienceCollector:
                 feedback.append(record)  # type: ignore[arg-type]
             else:
                 episodes.append(record)  # type: ignore[arg-type]
-        await bulk.write_experience(self.db, decisions, feedback, episodes)
+        await self._writer.write(decisions, feedback, episodes, fresh=fresh)
+
+    async def _close_writer(self) -> None:
+        try:
+            await self._writer.close()
+        except StorageError as exc:
+            log.warning("writer_not_closed", stage="collector", error=str(exc))
 
     def _note_outage(self, exc: StorageError) -> None:
         if self._outage_since is None:
@@ -384,7 +483,7 @@ class ExperienceCollector:
         refused: dict[uuid.UUID, StorageError] = {}
         for record in records:
             try:
-                await self._insert([record])
+                await self._insert([record], fresh=False)
                 self.stats.written += 1
             except StorageError as exc:
                 if exc.transient:
@@ -401,11 +500,10 @@ class ExperienceCollector:
                     error=str(exc),
                     path=str(self.rejected.path),
                 )
-        for item in batch.items:
-            if item.done is not None:
-                errors = [refused[r.id] for r in item.records if r.id in refused]
-                item.error = errors[0] if errors else None
-                item.done.set()
+        for waiter in batch.waiters:
+            errors = [refused[r.id] for r in waiter.records if r.id in refused]
+            waiter.error = errors[0] if errors else None
+            waiter.done.set()
 
     async def _write_knowledge(self) -> None:
         """Write the knowledge rows the processors added; losing them never fails a batch."""
@@ -436,16 +534,13 @@ class ExperienceCollector:
     async def _count_orphans(self, records: Sequence[ExperienceRecord]) -> int:
         # Decisions made through the runtime are known from decide() on; replayed ones not.
         known = self.known
+        rewarded: list[uuid.UUID] = []
         for record in records:
-            if type(record) is Decision and record.id not in known:
+            if isinstance(record, Feedback):
+                rewarded.append(record.decision_id)
+            elif isinstance(record, Decision) and record.id not in known:
                 known.add(record.id, record.agent_id, record.mode)
-        unknown = list(
-            {
-                r.decision_id
-                for r in records
-                if isinstance(r, Feedback) and r.decision_id not in self.known
-            }
-        )
+        unknown = list({decision_id for decision_id in rewarded if decision_id not in known})
         if not unknown:
             return 0
         try:
@@ -471,7 +566,7 @@ class ExperienceCollector:
                     continue
                 try:
                     for start in range(0, len(records), self.batch_size):
-                        await self._insert(records[start : start + self.batch_size])
+                        await self._insert(records[start : start + self.batch_size], fresh=False)
                 except StorageError as exc:
                     log.warning(
                         "spill_replay_failed", stage="collector", path=str(path), error=str(exc)
