@@ -354,6 +354,18 @@ def outcome(
     return answer, sorted(str(warning.message) for warning in caught)
 
 
+def draw_scores(
+    data: st.DataObject, count: int, dtype: type[np.floating[Any]]
+) -> tuple[Vector, Vector | None]:
+    """``count`` scores of ``dtype`` (any float, infinities and NaN included) and maybe an
+    uncertainty per score."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # floats beyond float32's range
+        scores = np.array(data.draw(st.lists(any_score, min_size=count, max_size=count)), dtype)
+    spreads = data.draw(st.none() | st.lists(any_spread, min_size=count, max_size=count))
+    return scores, None if spreads is None else vector(*spreads)
+
+
 @settings(max_examples=400, deadline=None)
 @given(
     strategy=any_strategy,
@@ -364,11 +376,7 @@ def outcome(
 def test_no_mask_gives_exactly_the_numbers_of_an_all_true_mask(
     strategy: Strategy, data: st.DataObject, count: int, dtype: type[np.floating[Any]]
 ) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # floats beyond float32's range
-        scores = np.array(data.draw(st.lists(any_score, min_size=count, max_size=count)), dtype)
-    spreads = data.draw(st.none() | st.lists(any_spread, min_size=count, max_size=count))
-    uncertainty = None if spreads is None else vector(*spreads)
+    scores, uncertainty = draw_scores(data, count, dtype)
 
     fast = outcome(strategy, scores, None, uncertainty)
     masked = outcome(strategy, scores, np.ones(count, dtype=np.bool_), uncertainty)
@@ -386,11 +394,7 @@ def test_no_mask_gives_exactly_the_numbers_of_an_all_true_mask(
 def test_a_greedy_split_is_what_probabilities_gives(
     strategy: Strategy, data: st.DataObject, count: int, dtype: type[np.floating[Any]]
 ) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # floats beyond float32's range
-        scores = np.array(data.draw(st.lists(any_score, min_size=count, max_size=count)), dtype)
-    spreads = data.draw(st.none() | st.lists(any_spread, min_size=count, max_size=count))
-    uncertainty = None if spreads is None else vector(*spreads)
+    scores, uncertainty = draw_scores(data, count, dtype)
 
     split = greedy_split(strategy, scores, uncertainty)
 
