@@ -20,7 +20,7 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
 import anyio
@@ -369,6 +369,8 @@ class Runtime(AsyncContextManagerMixin):
         if not pending or newest is None:
             return
         learned = datetime.fromisoformat(newest)
+        if learned.tzinfo is None:  # stored times are UTC
+            learned = learned.replace(tzinfo=UTC)
         kept = [row for row in pending if row[3] > learned]
         pending.clear()
         pending.extend(kept)
