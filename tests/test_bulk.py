@@ -30,7 +30,7 @@ from agentrt.storage.bulk import (
     existing_decision_ids,
     write_experience,
 )
-from agentrt.storage.engine import Database
+from agentrt.storage.engine import Database, storage_errors
 from agentrt.storage.migrate import ensure_schema
 from agentrt.storage.tables import Base, DecisionRow, EpisodeRow, FeedbackRow
 
@@ -500,3 +500,15 @@ async def test_an_unreachable_postgresql_raises_a_transient_error(pg_url: str) -
         finally:
             await db.dispose()
     assert caught.value.transient is True
+
+
+def test_a_confused_driver_protocol_is_a_transient_error() -> None:
+    # What asyncpg raises when a connection kept between batches lost its session under it
+    # (seen after pg_terminate_backend): the writer must retry on a fresh connection, not die.
+    import asyncpg
+
+    message = "cannot switch to state 21; another operation (2) is in progress"
+    with pytest.raises(StorageError) as caught, storage_errors("postgresql://db"):
+        raise asyncpg.InternalClientError(message)
+    assert caught.value.transient is True
+    assert f"InternalClientError: {message}" in str(caught.value)

@@ -103,6 +103,9 @@ def _driver_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseEx
             asyncpg.TooManyConnectionsError,
             asyncpg.AdminShutdownError,
             asyncpg.ConnectionDoesNotExistError,
+            # The protocol lost track of the connection's state: on a connection kept open
+            # while the server ended its session, a new operation can fail this way first.
+            asyncpg.InternalClientError,
         ]
         permanent.append(asyncpg.PostgresError)
     return tuple(transient), tuple(permanent)
