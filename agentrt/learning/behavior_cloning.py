@@ -48,7 +48,6 @@ CPU under the seed. The model is returned on CPU and evaluated under ``torch.inf
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from typing import Any, NamedTuple
@@ -61,7 +60,7 @@ from torch import nn
 from agentrt.config import ModelParametersConfig
 from agentrt.errors import InvalidInputError
 from agentrt.learning.data import BanditData
-from agentrt.learning.nets import MLP, build_network, build_optimizer
+from agentrt.learning.nets import MLP, EarlyStopping, build_network, build_optimizer
 from agentrt.learning.settings import LearnerSettings
 from agentrt.plugins import Plugin
 
@@ -361,8 +360,7 @@ class BehaviorCloningLearner:
             list(network.parameters()), settings.optimization, settings.parameters.learning_rate
         )
         tensors = _Tensors.build(data, samples, settings.device)
-        best_loss, best_state, best_epoch, stale = float("inf"), None, 0, 0
-        curve: list[dict[str, float]] = []
+        stopping = EarlyStopping(network, settings.training.patience)
         started = time.perf_counter()
         batch = settings.parameters.batch_size
         epochs_run = 0
@@ -382,16 +380,10 @@ class BehaviorCloningLearner:
                 total += loss.item() * len(picked)
             train_loss = total / max(len(train), 1)
             held_loss = tensors.evaluate(network, check) if len(held_out) else train_loss
-            curve.append({"epoch": epoch + 1, "train_loss": train_loss, "holdout_loss": held_loss})
-            if held_loss < best_loss - 1e-9:
-                best_loss, best_epoch, stale = held_loss, epoch + 1, 0
-                best_state = copy.deepcopy(network.state_dict())
-            else:
-                stale += 1
-                if stale >= settings.training.patience:
-                    break
-        if best_state is not None:
-            network.load_state_dict(best_state)
+            stopping.record(epoch + 1, held_loss, train_loss=train_loss)
+            if stopping.judge(epoch + 1, held_loss):
+                break
+        stopping.restore()
         seconds = time.perf_counter() - started
         metrics = {
             "rows": len(data),
@@ -402,9 +394,7 @@ class BehaviorCloningLearner:
             "holdout_rows": len(held_out),
             "holdout_episodes": held_episodes,
             "epochs": epochs_run,
-            "best_epoch": best_epoch,
-            "holdout_loss": best_loss,
-            "loss_curve": curve,
+            **stopping.metrics(),
             "seconds": seconds,
             "samples_per_second": len(train) * epochs_run / seconds if seconds > 0 else None,
             "device": str(settings.device),

@@ -55,7 +55,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -64,7 +64,13 @@ from torch.nn import functional
 
 from agentrt.errors import InvalidInputError
 from agentrt.learning.data import BanditData
-from agentrt.learning.nets import build_network, build_optimizer, network_spec
+from agentrt.learning.nets import (
+    EarlyStopping,
+    build_network,
+    build_optimizer,
+    network_from_spec,
+    network_spec,
+)
 from agentrt.learning.neural import NeuralModel
 from agentrt.learning.settings import LearnerSettings
 from agentrt.log import get_logger
@@ -172,8 +178,7 @@ class DQNLearner:
             list(online.parameters()), settings.optimization, p.learning_rate
         )
 
-        best_loss, best_state, best_epoch, stale = math.inf, None, 0, 0
-        curve: list[dict[str, float]] = []
+        stopping = EarlyStopping(online, settings.training.patience)
         gradient_steps = syncs = epochs_run = 0
         will_sync = p.epochs * math.ceil(train.size / p.batch_size) >= p.target_sync
         started = time.perf_counter()
@@ -197,25 +202,17 @@ class DQNLearner:
                 conservative_total += conservative.item() * batch.size
             train_td = td_total / train.size
             held_td = _evaluate(online, check if check.size else train, p.gamma)
-            curve.append(
-                {
-                    "epoch": epoch,
-                    "train_loss": train_td,
-                    "conservative_loss": conservative_total / train.size,
-                    "holdout_loss": held_td,
-                }
+            stopping.record(
+                epoch,
+                held_td,
+                train_loss=train_td,
+                conservative_loss=conservative_total / train.size,
             )
             if p.gamma > 0 and syncs == 0 and will_sync:
                 continue  # so far the network only chased its random initial copy
-            if held_td < best_loss - 1e-9:
-                best_loss, best_epoch, stale = held_td, epoch, 0
-                best_state = copy.deepcopy(online.state_dict())
-            else:
-                stale += 1
-                if stale >= settings.training.patience:
-                    break
-        if best_state is not None:
-            online.load_state_dict(best_state)
+            if stopping.judge(epoch, held_td):
+                break
+        stopping.restore()
         seconds = time.perf_counter() - started
         if p.gamma > 0 and syncs == 0:
             log.warning(
@@ -238,9 +235,7 @@ class DQNLearner:
             "train_rows": train.size,
             "holdout_rows": check.size,
             "epochs": epochs_run,
-            "best_epoch": best_epoch,
-            "holdout_loss": best_loss,
-            "loss_curve": curve,
+            **stopping.metrics(),
             "gradient_steps": gradient_steps,
             "target_syncs": syncs,
             "gamma": p.gamma,
@@ -255,18 +250,8 @@ class DQNLearner:
     @staticmethod
     def load(tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> DQNModel:
         """Rebuild a Q-network from its spec and weights (strict: every tensor must match)."""
-        from agentrt.config import ModelParametersConfig
-
         spec = metadata["network"]
-        parameters = ModelParametersConfig(
-            hidden_size=spec["hidden_size"], num_layers=spec["num_layers"], dropout=spec["dropout"]
-        )
-        architecture: Literal["mlp", "transformer"] = (
-            "transformer" if spec["architecture"] == "transformer" else "mlp"
-        )
-        network = build_network(architecture, spec["inputs"], spec["outputs"], parameters)
-        network.load_state_dict(tensors, strict=True)
-        return DQNModel(network, spec)
+        return DQNModel(network_from_spec(spec, tensors), spec)
 
 
 def _check(data: BanditData) -> None:

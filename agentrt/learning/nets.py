@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import math
 from typing import Any, Literal
 
 import torch
@@ -9,7 +11,16 @@ from torch import nn
 
 from agentrt.config import ModelParametersConfig, OptimizationConfig
 
-__all__ = ["MLP", "TabularTransformer", "build_network", "build_optimizer", "pick_device"]
+__all__ = [
+    "MLP",
+    "EarlyStopping",
+    "TabularTransformer",
+    "build_network",
+    "build_optimizer",
+    "network_from_spec",
+    "network_spec",
+    "pick_device",
+]
 
 
 class MLP(nn.Module):
@@ -117,3 +128,56 @@ def network_spec(
         "num_layers": parameters.num_layers,
         "dropout": parameters.dropout,
     }
+
+
+def network_from_spec(spec: dict[str, Any], tensors: dict[str, torch.Tensor]) -> nn.Module:
+    """Rebuild a network from its :func:`network_spec` and weights (strict: every tensor
+    must match)."""
+    parameters = ModelParametersConfig(
+        hidden_size=spec["hidden_size"], num_layers=spec["num_layers"], dropout=spec["dropout"]
+    )
+    architecture: Literal["mlp", "transformer"] = (
+        "transformer" if spec["architecture"] == "transformer" else "mlp"
+    )
+    network = build_network(architecture, spec["inputs"], spec["outputs"], parameters)
+    network.load_state_dict(tensors, strict=True)
+    return network
+
+
+class EarlyStopping:
+    """Early stopping on the held-out loss: keeps the loss curve and the weights of the best
+    epoch, and says when ``patience`` epochs in a row did not improve it."""
+
+    def __init__(self, network: nn.Module, patience: int) -> None:
+        self.network = network
+        self.patience = patience
+        self.curve: list[dict[str, float]] = []
+        self.best_loss = math.inf
+        self.best_epoch = 0
+        self._best_state: dict[str, Any] | None = None
+        self._stale = 0
+
+    def record(self, epoch: int, held_loss: float, **losses: float) -> None:
+        """One epoch's point of the loss curve (``losses``: the training losses)."""
+        self.curve.append({"epoch": epoch, **losses, "holdout_loss": held_loss})
+
+    def judge(self, epoch: int, held_loss: float) -> bool:
+        """Keep the weights if ``held_loss`` is the best so far; True when training stops."""
+        if held_loss < self.best_loss - 1e-9:
+            self.best_loss, self.best_epoch, self._stale = held_loss, epoch, 0
+            self._best_state = copy.deepcopy(self.network.state_dict())
+            return False
+        self._stale += 1
+        return self._stale >= self.patience
+
+    def restore(self) -> None:
+        """Load the best epoch's weights back (nothing when no epoch was judged)."""
+        if self._best_state is not None:
+            self.network.load_state_dict(self._best_state)
+
+    def metrics(self) -> dict[str, Any]:
+        return {
+            "best_epoch": self.best_epoch,
+            "holdout_loss": self.best_loss,
+            "loss_curve": self.curve,
+        }

@@ -11,16 +11,21 @@ split, and deterministic on CPU under the seed.
 
 from __future__ import annotations
 
-import copy
 import time
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
 from agentrt.learning.data import BanditData
-from agentrt.learning.nets import build_network, build_optimizer, network_spec
+from agentrt.learning.nets import (
+    EarlyStopping,
+    build_network,
+    build_optimizer,
+    network_from_spec,
+    network_spec,
+)
 from agentrt.learning.settings import LearnerSettings
 from agentrt.plugins import Plugin
 
@@ -80,8 +85,7 @@ class NeuralLearner:
         )
         tensors = _tensors(train, settings.training.importance_clip, settings.device)
         check = _tensors(held_out, settings.training.importance_clip, settings.device)
-        best_loss, best_state, best_epoch, stale = float("inf"), None, 0, 0
-        curve: list[dict[str, float]] = []
+        stopping = EarlyStopping(network, settings.training.patience)
         started = time.perf_counter()
         batch = settings.parameters.batch_size
         epochs_run = 0
@@ -99,25 +103,17 @@ class NeuralLearner:
                 total += loss.item() * len(rows)
             train_loss = total / max(len(train), 1)
             held_loss = _evaluate(network, check) if len(held_out) else train_loss
-            curve.append({"epoch": epoch + 1, "train_loss": train_loss, "holdout_loss": held_loss})
-            if held_loss < best_loss - 1e-9:
-                best_loss, best_epoch, stale = held_loss, epoch + 1, 0
-                best_state = copy.deepcopy(network.state_dict())
-            else:
-                stale += 1
-                if stale >= settings.training.patience:
-                    break
-        if best_state is not None:
-            network.load_state_dict(best_state)
+            stopping.record(epoch + 1, held_loss, train_loss=train_loss)
+            if stopping.judge(epoch + 1, held_loss):
+                break
+        stopping.restore()
         seconds = time.perf_counter() - started
         metrics = {
             "rows": len(data),
             "train_rows": len(train),
             "holdout_rows": len(held_out),
             "epochs": epochs_run,
-            "best_epoch": best_epoch,
-            "holdout_loss": best_loss,
-            "loss_curve": curve,
+            **stopping.metrics(),
             "seconds": seconds,
             "samples_per_second": len(train) * epochs_run / seconds if seconds > 0 else None,
             "device": str(settings.device),
@@ -127,18 +123,8 @@ class NeuralLearner:
     @staticmethod
     def load(tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> NeuralModel:
         """Rebuild a network from its spec and weights (strict: every tensor must match)."""
-        from agentrt.config import ModelParametersConfig
-
         spec = metadata["network"]
-        parameters = ModelParametersConfig(
-            hidden_size=spec["hidden_size"], num_layers=spec["num_layers"], dropout=spec["dropout"]
-        )
-        architecture: Literal["mlp", "transformer"] = (
-            "transformer" if spec["architecture"] == "transformer" else "mlp"
-        )
-        network = build_network(architecture, spec["inputs"], spec["outputs"], parameters)
-        network.load_state_dict(tensors, strict=True)
-        return NeuralModel(network, spec)
+        return NeuralModel(network_from_spec(spec, tensors), spec)
 
 
 def _tensors(data: BanditData, clip: float, device: torch.device) -> dict[str, torch.Tensor]:
