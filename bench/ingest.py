@@ -111,6 +111,14 @@ async def migrated(url: str) -> None:
 # -- ceilings ----------------------------------------------------------------------------
 
 
+def insert_statement(table: str, columns: tuple[str, ...]) -> str:
+    marks = ", ".join("?" for _ in columns)
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}) "  # noqa: S608 (fixed names)
+        "ON CONFLICT (id) DO NOTHING"
+    )
+
+
 async def sqlite_ceiling(path: Path, n: int) -> float:
     await migrated(f"sqlite+aiosqlite:///{path}")
     decisions, feedback = rows(n)
@@ -119,8 +127,8 @@ async def sqlite_ceiling(path: Path, n: int) -> float:
     connection = sqlite3.connect(path)
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=NORMAL")
-    d_sql = bulk._sqlite_insert("decisions", bulk.DECISION_COLUMNS)
-    f_sql = bulk._sqlite_insert("feedback", bulk.FEEDBACK_COLUMNS)
+    d_sql = insert_statement("decisions", bulk.DECISION_COLUMNS)
+    f_sql = insert_statement("feedback", bulk.FEEDBACK_COLUMNS)
     started = time.perf_counter()
     for s in range(0, n, 500):  # 500 executions = 1,000 rows per transaction
         with connection:

@@ -27,7 +27,11 @@ from agentrt.storage import repositories
 from agentrt.storage.bulk import (
     DECISION_COLUMNS,
     ExperienceWriter,
+    _sqlite_statements,
+    _sqlite_write,
+    encode_batch,
     existing_decision_ids,
+    join_encoded,
     write_experience,
 )
 from agentrt.storage.engine import Database, storage_errors
@@ -365,6 +369,88 @@ async def test_a_refused_batch_leaves_earlier_rows_alone(database: Database) -> 
     async with database.session() as session:
         ids = set((await session.execute(select(DecisionRow.id))).scalars())
     assert ids == {kept.id}
+
+
+# -- large batches -------------------------------------------------------------------------
+
+
+async def test_a_batch_of_thousands_of_rows_lands_whole_and_equal(database: Database) -> None:
+    decisions = [full_decision(i / 1000) for i in range(2500)]
+    feedback = [feedback_for(d) for d in decisions]
+    writer = ExperienceWriter(database)
+    try:
+        await writer.write(decisions, feedback, [episode(i) for i in range(300)])
+    finally:
+        await writer.close()
+    assert await counts(database) == (2500, 2500, 300)
+    async with database.session() as session:
+        stored = {row.id: row for row in (await session.execute(select(DecisionRow))).scalars()}
+    assert all(Decision.model_validate(row_fields(stored[d.id])) == d for d in decisions)
+
+
+def test_sqlite_statements_keep_every_row_in_order_within_the_variable_limit() -> None:
+    """SQLite's default build refuses a statement with more than 32,766 values."""
+    rows = [tuple(f"{row}.{column}" for column in range(15)) for row in range(5000)]
+    statements = _sqlite_statements("decisions", DECISION_COLUMNS, rows)
+    assert [value for _, parameters in statements for value in parameters] == [
+        value for row in rows for value in row
+    ]
+    assert all(len(parameters) <= 32_766 for _, parameters in statements)
+    # A handful of statement texts, whatever the batch size: the driver caches them.
+    sizes = {len(parameters) // 15 for _, parameters in statements}
+    assert sizes <= {2**k for k in range(12)}
+    assert len(statements) <= 2 + 11
+
+
+class PublicCallsOnly:
+    """An aiosqlite connection reached through its public coroutines only (as a version
+    without ``_execute`` would be)."""
+
+    def __init__(self, driver: Any) -> None:
+        self._driver = driver
+
+    async def execute(self, statement: str, parameters: list[object]) -> None:
+        await self._driver.execute(statement, parameters)
+
+    async def commit(self) -> None:
+        await self._driver.commit()
+
+
+async def test_sqlite_writes_the_same_rows_through_public_driver_calls(
+    sqlite_url: str,
+) -> None:
+    database = Database(DatabaseConfig(url=sqlite_url))
+    await ensure_schema(database, auto_migrate=True)
+    try:
+        decisions = [full_decision(0), bare_decision(1), *(bare_decision(2 + i) for i in range(99))]
+        feedback = [feedback_for(d) for d in decisions[:2]]
+        encoded = encode_batch("sqlite", decisions, feedback, [episode()])
+        async with database.connect() as connection:
+            raw = await connection.get_raw_connection()
+            await _sqlite_write(PublicCallsOnly(raw.driver_connection), encoded)
+        assert await counts(database) == (101, 2, 1)
+        async with database.session() as session:
+            row = await session.get(DecisionRow, decisions[0].id)
+            assert row is not None
+            assert Decision.model_validate(row_fields(row)) == decisions[0]
+    finally:
+        await database.dispose()
+
+
+async def test_joined_batches_write_as_one(database: Database) -> None:
+    first = [full_decision(0)]
+    second = [bare_decision(1), bare_decision(2)]
+    joined = join_encoded(
+        encode_batch(database.dialect, first, [feedback_for(first[0])], [episode()]),
+        encode_batch(database.dialect, second, [feedback_for(second[0])]),
+    )
+    assert [table for table, _, _ in joined] == ["decisions", "feedback", "episodes"]
+    writer = ExperienceWriter(database)
+    try:
+        await writer.write_encoded(joined)
+    finally:
+        await writer.close()
+    assert await counts(database) == (3, 2, 1)
 
 
 # -- the collector's writer ----------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sqlite3
 import subprocess
 import sys
 import uuid
@@ -349,6 +350,40 @@ async def test_a_full_batch_is_written_without_waiting_for_the_interval(
         assert await count(sqlite_db, DecisionRow) == 4
 
 
+@pytest.mark.parametrize(("buffer_size", "batches"), [(100, 2), (30, 3)])
+async def test_batches_that_wait_for_a_busy_writer_join_one_transaction(
+    sqlite_url: str, tmp_path: Path, buffer_size: int, batches: int
+) -> None:
+    """While a batch is written, the batches waiting behind it are written next as one
+    transaction, of at most the buffer's size in records."""
+    # Waits for the lock below instead of failing: the test releases it.
+    db = Database(DatabaseConfig(url=sqlite_url, sqlite_pragmas={"busy_timeout": "1h"}))
+    await ensure_schema(db, auto_migrate=True)
+    collector = make_collector(db, tmp_path, buffer_size=buffer_size, batch_size=10)
+    executions = [Execution(decision(step), 1.0, None, None) for step in range(35)]
+    blocker = sqlite3.connect(sqlite_url.split("///", 1)[1], isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another writer holds the database
+    try:
+        async with running(collector):
+            try:
+                for execution in executions[:5]:
+                    assert collector.offer(execution)
+                await anyio.wait_all_tasks_blocked()  # the first batch waits for the lock
+                for execution in executions[5:]:
+                    assert collector.offer(execution)
+                await anyio.wait_all_tasks_blocked()
+                # The waiting batches joined, up to the buffer's size, and wait for the writer.
+                assert collector.buffered == (0 if buffer_size == 100 else 15)
+            finally:
+                blocker.execute("ROLLBACK")
+            await wait_until(lambda: collector.stats.written == 70)
+            assert collector.stats.batches == batches
+        assert await count(db, DecisionRow) == await count(db, FeedbackRow) == 35
+    finally:
+        blocker.close()
+        await db.dispose()
+
+
 async def test_concurrent_sync_callers_share_transactions(
     database: Database, tmp_path: Path
 ) -> None:
@@ -641,12 +676,17 @@ async def test_closing_writes_every_buffered_record(sqlite_url: str, tmp_path: P
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("outage", ["refuse", "hang"])
+@pytest.mark.parametrize("batch_size", [1000, 8])
 async def test_records_buffered_when_the_database_is_down_at_shutdown_are_spilled(
-    pg_url: str, tmp_path: Path, outage: Literal["refuse", "hang"]
+    pg_url: str, tmp_path: Path, outage: Literal["refuse", "hang"], batch_size: int
 ) -> None:
+    """With a small batch size the writer holds one batch, the next batches wait for it
+    joined, and the rest stays in the buffer: all of it is spilled."""
     spill_dir = tmp_path / "spill"
     async with proxied(pg_url) as (proxy, url):
-        config = runtime_config(url, spill_dir, flush_interval="1h", shutdown_timeout="300ms")
+        config = runtime_config(
+            url, spill_dir, flush_interval="1h", shutdown_timeout="300ms", batch_size=batch_size
+        )
         with capture_logs() as logs:
             async with open_runtime(config) as rt:
                 ids = [await record(rt, step) for step in range(30)]

@@ -1,8 +1,10 @@
 """ExperienceCollector: the hot path's bounded buffer and the batched, durable writes behind it.
 
 The application's calls put records into a bounded anyio memory stream and return (buffered
-mode) or wait for their commit (sync mode). One collector task drains the stream in batches,
-runs the configured processors, and writes each batch in one transaction, idempotently by id.
+mode) or wait for their commit (sync mode). The collector drains the stream in batches, runs
+the configured processors and encodes each batch for its driver while the batch before is being
+written; batches that arrive while the writer is busy join the next transaction (up to the
+buffer's size). Each transaction is idempotent by id.
 
 The collector writes through one connection that it keeps between batches
 (:class:`~agentrt.storage.bulk.ExperienceWriter`). While the database is unreachable the batch
@@ -184,6 +186,27 @@ class _Batch:
             waiter.done.set()
 
 
+@dataclass(slots=True)
+class _Prepared:
+    """A batch taken from the stream, processed, and encoded for the driver (None: it cannot
+    be encoded as a whole, and goes record by record)."""
+
+    batch: _Batch
+    encoded: bulk.EncodedBatch | None
+
+    def join(self, other: _Prepared) -> None:
+        """Take ``other``'s records into this batch (one transaction for both)."""
+        self.batch.records += other.batch.records
+        self.batch.waiters += other.batch.waiters
+        if self.encoded is None or other.encoded is None:
+            self.encoded = None
+        else:
+            self.encoded = bulk.join_encoded(self.encoded, other.encoded)
+
+    def __len__(self) -> int:
+        return len(self.batch.records)
+
+
 class ExperienceCollector:
     """Buffers experience from the hot path and writes it in batches.
 
@@ -220,6 +243,8 @@ class ExperienceCollector:
         self.rejected = SpillFile(spill.directory / f"rejected-{spill.current.path.stem[6:]}.jsonl")
         self.processors = list(processors)
         self.known = known if known is not None else KnownDecisions()
+        # Most records in one transaction when batches waited for the writer.
+        self.write_limit = max(batch_size, buffer_size)
         self.stats = CollectorStats()
         self._writer = bulk.ExperienceWriter(db)
         self._send: MemoryObjectSendStream[_Entry]
@@ -324,17 +349,21 @@ class ExperienceCollector:
     # -- the collector task --------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Drain the stream until it is closed, then write what is left."""
+        """Drain the stream until it is closed, then write what is left.
+
+        Two stages: this task takes each batch from the stream and encodes it while the
+        writer task writes the one before (the driver's thread works without the GIL most of
+        that time), then hands it over. At most one encoded batch waits for the writer.
+        """
+        handoff, prepared_batches = anyio.create_memory_object_stream[_Prepared](0)
         async with self._receive:
             task_status.started()
             try:
                 await self._replay_spill()
-                while True:
-                    batch, closed = await self._next_batch()
-                    if batch.records or batch.waiters:
-                        await self._write(batch)
-                    if closed:
-                        break
+                async with anyio.create_task_group() as group:
+                    group.start_soon(self._write_prepared, prepared_batches)
+                    async with handoff:
+                        await self._prepare_batches(handoff)
             except anyio.get_cancelled_exc_class():
                 # Shutdown ran out of time: what is still buffered goes to disk, not away.
                 self._spill_remaining()
@@ -343,6 +372,45 @@ class ExperienceCollector:
                 self.spill.current.close()
                 self.rejected.close()
                 await self._close_writer()
+
+    async def _prepare_batches(self, handoff: MemoryObjectSendStream[_Prepared]) -> None:
+        """Take batches from the stream and hand them to the writer. While the writer is busy
+        with the one before, batches that are already waiting join the one held here, up to
+        :attr:`write_limit` records: under a backlog, transactions grow (a commit, and the
+        driver thread's turns at the GIL, are paid per transaction, not per row)."""
+        held: _Prepared | None = None
+        closed = False
+        try:
+            while True:
+                if held is None:
+                    batch, closed = await self._next_batch()
+                    if batch.records or batch.waiters:
+                        held = self._prepare(batch)
+                elif not closed and len(held) < self.write_limit and self.buffered:
+                    batch, closed = self._take_waiting(self.write_limit - len(held))
+                    if batch.records or batch.waiters:
+                        held.join(self._prepare(batch))
+                if held is not None:
+                    try:
+                        handoff.send_nowait(held)  # the writer is waiting for it
+                    except anyio.WouldBlock:
+                        if not closed and len(held) < self.write_limit and self.buffered:
+                            continue  # join what is waiting
+                        await handoff.send(held)
+                    held = None
+                if closed:
+                    return
+        except anyio.get_cancelled_exc_class():
+            # Not handed over (a cancelled send delivers nothing): keep it on disk.
+            if held is not None:
+                self._spill(held.batch.records)
+                held.batch.settle()
+            raise
+
+    async def _write_prepared(self, prepared_batches: MemoryObjectReceiveStream[_Prepared]) -> None:
+        async with prepared_batches:
+            async for prepared in prepared_batches:
+                await self._write(prepared)
 
     async def _next_batch(self) -> tuple[_Batch, bool]:
         """The next batch: by size, or whatever arrived within the flush interval."""
@@ -370,18 +438,46 @@ class ExperienceCollector:
             count += batch.add(item)
         return batch, False
 
+    def _take_waiting(self, limit: int) -> tuple[_Batch, bool]:
+        """What the stream holds now, up to about ``limit`` records (without waiting)."""
+        batch = _Batch()
+        count = 0
+        while count < limit:
+            try:
+                count += batch.add(self._receive.receive_nowait())
+            except anyio.WouldBlock:
+                break
+            except anyio.EndOfStream:
+                return batch, True
+        return batch, False
+
     async def _receive_until(self, deadline: float) -> _Entry | None:
         with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
             return await self._receive.receive()
         return None
 
-    async def _write(self, batch: _Batch) -> None:
-        records = self._process(batch.records)
+    def _prepare(self, batch: _Batch) -> _Prepared:
+        batch.records = self._process(batch.records)
+        try:
+            encoded: bulk.EncodedBatch | None = self._encode(batch.records)
+        except StorageError as exc:
+            log.error(
+                "batch_refused", stage="collector", error=str(exc), records=len(batch.records)
+            )
+            encoded = None
+        return _Prepared(batch, encoded)
+
+    async def _write(self, prepared: _Prepared) -> None:
+        batch, encoded = prepared.batch, prepared.encoded
+        records = batch.records
+        if encoded is None:
+            await self._insert_one_by_one(records, batch)
+            return
         backoff = _BACKOFF_START
         fresh = True
         while True:
             try:
-                await self._insert(records, fresh=fresh)
+                await self._writer.write_encoded(encoded, fresh=fresh)
             except anyio.get_cancelled_exc_class():
                 # Shutdown ran out of time mid-write: keep the batch on disk (replay is idempotent).
                 self._spill(records)
@@ -439,7 +535,7 @@ class ExperienceCollector:
                 )
         return [*batch.decisions, *batch.feedback, *batch.episodes]
 
-    async def _insert(self, records: Sequence[ExperienceRecord], *, fresh: bool) -> None:
+    def _encode(self, records: Sequence[ExperienceRecord]) -> bulk.EncodedBatch:
         decisions: list[Decision] = []
         feedback: list[Feedback] = []
         episodes: list[Episode] = []
@@ -451,7 +547,10 @@ class ExperienceCollector:
                 feedback.append(record)  # type: ignore[arg-type]
             else:
                 episodes.append(record)  # type: ignore[arg-type]
-        await self._writer.write(decisions, feedback, episodes, fresh=fresh)
+        return bulk.encode_batch(self.db.dialect, decisions, feedback, episodes)
+
+    async def _insert(self, records: Sequence[ExperienceRecord], *, fresh: bool) -> None:
+        await self._writer.write_encoded(self._encode(records), fresh=fresh)
 
     async def _close_writer(self) -> None:
         try:
