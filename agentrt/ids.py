@@ -12,7 +12,7 @@ import os
 import random
 import uuid
 
-__all__ = ["new_id"]
+__all__ = ["new_id", "new_id_int", "uuid_from_int"]
 
 _generator = random.Random(os.urandom(32))
 _random_bits = _generator.getrandbits
@@ -37,7 +37,17 @@ os.register_at_fork(after_in_child=_reseed)
 
 def new_id() -> uuid.UUID:
     """A random version-4 UUID."""
-    value = _new_uuid(uuid.UUID)
-    _set_int(value, (_random_bits(128) & _KEEP) | _VERSION_4)
-    _set_is_safe(value, _UNKNOWN)
-    return value
+    return uuid_from_int(new_id_int())
+
+
+def new_id_int() -> int:
+    """The 128-bit integer of a random version-4 UUID."""
+    return (_random_bits(128) & _KEEP) | _VERSION_4
+
+
+def uuid_from_int(value: int) -> uuid.UUID:
+    """``uuid.UUID(int=value)`` for a value known to be a UUID's (no range check)."""
+    result = _new_uuid(uuid.UUID)
+    _set_int(result, value)
+    _set_is_safe(result, _UNKNOWN)
+    return result

@@ -55,7 +55,6 @@ from agentrt.pipeline.adapter import StrategyAdapter, live_rewards, roll_back
 from agentrt.pipeline.adapter import describe as describe_strategy
 from agentrt.pipeline.collector import (
     CollectorStats,
-    Execution,
     ExperienceCollector,
     KnownDecisions,
     default_spill_dir,
@@ -78,7 +77,7 @@ from agentrt.schemas import (
     PolicyVersion,
     StrategyUpdate,
 )
-from agentrt.storage import bulk, repositories
+from agentrt.storage import bulk, flat, repositories
 from agentrt.storage.engine import Database
 from agentrt.storage.migrate import ensure_schema
 from agentrt.types import IncrementalModel, Processor, Rollout
@@ -1284,8 +1283,10 @@ class Runtime(AsyncContextManagerMixin):
         collector = self.collector
         if self._sync:
             await collector.submit_and_wait(feedback)
-        elif not collector.offer(feedback):  # the record itself: no tuple to hold it
-            await collector.enqueue(feedback)
+        else:
+            entry = flat.feedback(feedback)  # as record() does
+            if not collector.offer(entry):
+                await collector.enqueue(entry)
         return feedback
 
     async def _require_known(self, decision_id: uuid.UUID) -> None:
@@ -1368,7 +1369,9 @@ class Runtime(AsyncContextManagerMixin):
             policy_action=None,
             created_at=now,
         )
-        execution = Execution(
+        # Buffered as plain values (agentrt.storage.flat): the Decision returned here is not
+        # held by the buffer, so the garbage collector's collections do not walk it.
+        execution = flat.execution(
             decision,
             check_reward(reward),
             check_outcome(outcome, self._max_bytes),
@@ -1376,10 +1379,8 @@ class Runtime(AsyncContextManagerMixin):
         )
         collector = self.collector
         if self._sync:
-            await collector.submit_and_wait(*execution.records())
+            await collector.submit_and_wait(*flat.records_of(execution))
         elif not collector.offer(execution):
-            # Buffered: the collector builds the reward's Feedback when it takes the execution,
-            # so that the call leaves three objects fewer for the garbage collector.
             await collector.enqueue(execution)
         self._known.add(decision.id, agent_id, "live")
         return decision

@@ -111,6 +111,14 @@ async def migrated(url: str) -> None:
 # -- ceilings ----------------------------------------------------------------------------
 
 
+def encoded_rows(
+    dialect: str, decisions: list[Decision], feedback: list[Feedback]
+) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+    """The rows as agentrt's bulk path encodes them (the ceiling writes the same rows)."""
+    (_, _, decision_rows), (_, _, feedback_rows) = bulk.encode_batch(dialect, decisions, feedback)
+    return decision_rows, feedback_rows
+
+
 def insert_statement(table: str, columns: tuple[str, ...]) -> str:
     marks = ", ".join("?" for _ in columns)
     return (
@@ -122,8 +130,7 @@ def insert_statement(table: str, columns: tuple[str, ...]) -> str:
 async def sqlite_ceiling(path: Path, n: int) -> float:
     await migrated(f"sqlite+aiosqlite:///{path}")
     decisions, feedback = rows(n)
-    drows = [bulk._sqlite_decision(d) for d in decisions]
-    frows = [bulk._sqlite_feedback(f) for f in feedback]
+    drows, frows = encoded_rows("sqlite", decisions, feedback)
     connection = sqlite3.connect(path)
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=NORMAL")
@@ -144,8 +151,7 @@ async def pg_ceiling(url: str, n: int) -> float:
 
     await migrated(url)
     decisions, feedback = rows(n)
-    drows = [bulk._pg_decision(d) for d in decisions]
-    frows = [bulk._pg_feedback(f) for f in feedback]
+    drows, frows = encoded_rows("postgresql", decisions, feedback)
     connection = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
     try:
         started = time.perf_counter()

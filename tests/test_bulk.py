@@ -8,6 +8,7 @@ writing it again changes nothing.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import socket
@@ -23,7 +24,7 @@ from sqlalchemy.engine import make_url
 from agentrt.config import AgentConfig, DatabaseConfig, SQLitePragmasConfig
 from agentrt.errors import StorageError
 from agentrt.schemas import Decision, Episode, Feedback
-from agentrt.storage import repositories
+from agentrt.storage import flat, repositories
 from agentrt.storage.bulk import (
     DECISION_COLUMNS,
     ExperienceWriter,
@@ -371,6 +372,51 @@ async def test_a_refused_batch_leaves_earlier_rows_alone(database: Database) -> 
     assert ids == {kept.id}
 
 
+# -- flat records ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+def test_flat_records_encode_to_the_rows_of_their_models(dialect: str) -> None:
+    decisions = [full_decision(0), bare_decision(1)]
+    entries = [flat.execution(d, 0.5, {"latency_ms": 3}, "app") for d in decisions]
+    reported = feedback_for(decisions[0])
+    entries.append(flat.feedback(reported))
+    models = [record for entry in entries for record in flat.records_of(entry)]
+    assert models[0] == decisions[0]
+    assert models[2] == decisions[1]
+    assert models[-1] == reported
+    execution_reward = models[1]
+    assert isinstance(execution_reward, Feedback)
+    assert (execution_reward.decision_id, execution_reward.reward) == (decisions[0].id, 0.5)
+    assert execution_reward.created_at == decisions[0].created_at
+    # The same ids every time: a spilled or retried execution is stored once.
+    assert flat.records_of(entries[0]) == models[:2]
+
+    from_models = encode_batch(
+        dialect,
+        [m for m in models if isinstance(m, Decision)],
+        [m for m in models if isinstance(m, Feedback)],
+    )
+    assert encode_batch(dialect, [], [], flat_records=entries) == from_models
+
+
+def test_a_buffered_execution_is_one_object_for_the_garbage_collector() -> None:
+    """What record() and reward() buffer is one object the garbage collector tracks, not the
+    models they return (the hot path's tail latency depends on it)."""
+    made = bare_decision(0).model_copy(
+        update={"context": {"topic": "billing", "len": 3}, "exploration": {"method": "recorded"}}
+    )
+    entries = [
+        flat.execution(made, 1.0, {"latency_ms": 12}, None),
+        flat.feedback(feedback_for(made, outcome={"latency_ms": 12})),
+    ]
+    gc.collect()
+    assert [value for entry in entries for value in entry if gc.is_tracked(value)] == []
+    # One dict for every recorded execution's exploration, never handed out.
+    assert entries[0][13] is flat.execution(made, 0.0, None, None)[13]
+    assert flat.records_of(entries[0])[0].exploration is not entries[0][13]
+
+
 # -- large batches -------------------------------------------------------------------------
 
 
@@ -390,7 +436,9 @@ async def test_a_batch_of_thousands_of_rows_lands_whole_and_equal(database: Data
 
 def test_sqlite_statements_keep_every_row_in_order_within_the_variable_limit() -> None:
     """SQLite's default build refuses a statement with more than 32,766 values."""
-    rows = [tuple(f"{row}.{column}" for column in range(15)) for row in range(5000)]
+    rows: list[tuple[object, ...]] = [
+        tuple(f"{row}.{column}" for column in range(15)) for row in range(5000)
+    ]
     statements = _sqlite_statements("decisions", DECISION_COLUMNS, rows)
     assert [value for _, parameters in statements for value in parameters] == [
         value for row in rows for value in row

@@ -32,9 +32,10 @@ from structlog.testing import capture_logs
 from agentrt import Runtime, load_config
 from agentrt.config import AgentRTConfig, DatabaseConfig
 from agentrt.errors import BackpressureError, StorageError
-from agentrt.pipeline.collector import Execution, ExperienceCollector, KnownDecisions
+from agentrt.pipeline.collector import ExperienceCollector, KnownDecisions
 from agentrt.pipeline.spill import ExperienceRecord, SpillDirectory, read_spill
 from agentrt.schemas import Decision, Feedback, Knowledge
+from agentrt.storage import flat
 from agentrt.storage.engine import Database
 from agentrt.storage.migrate import ensure_schema
 from agentrt.storage.tables import Base, DecisionRow, FeedbackRow, KnowledgeRow
@@ -360,7 +361,7 @@ async def test_batches_that_wait_for_a_busy_writer_join_one_transaction(
     db = Database(DatabaseConfig(url=sqlite_url, sqlite_pragmas={"busy_timeout": "1h"}))
     await ensure_schema(db, auto_migrate=True)
     collector = make_collector(db, tmp_path, buffer_size=buffer_size, batch_size=10)
-    executions = [Execution(decision(step), 1.0, None, None) for step in range(35)]
+    executions = [flat.execution(decision(step), 1.0, None, None) for step in range(35)]
     blocker = sqlite3.connect(sqlite_url.split("///", 1)[1], isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")  # another writer holds the database
     try:
@@ -426,7 +427,7 @@ async def test_an_execution_is_written_as_its_decision_and_its_reward(
     collector = make_collector(database, tmp_path)
     made = decision(1)
     async with running(collector):
-        assert collector.offer(Execution(made, 0.25, {"latency_ms": 12}, "app"))
+        assert collector.offer(flat.execution(made, 0.25, {"latency_ms": 12}, "app"))
         await collector.flush()
     assert collector.stats.enqueued == 2
     assert collector.stats.written == 2
@@ -450,7 +451,7 @@ async def test_single_records_tuples_and_executions_share_one_buffer(
     first, second, third = decision(1), decision(2), decision(3)
     assert collector.offer(first)
     assert collector.offer((second, reward(second)))
-    assert collector.offer(Execution(third, 1.0, None, None))
+    assert collector.offer(flat.execution(third, 1.0, None, None))
     # Three entries fill a buffer of three, whatever each holds.
     with pytest.raises(BackpressureError):
         collector.offer(decision(4))
@@ -466,12 +467,12 @@ async def test_single_records_tuples_and_executions_share_one_buffer(
 
 async def test_enqueue_waits_for_room_when_blocking(sqlite_db: Database, tmp_path: Path) -> None:
     collector = make_collector(sqlite_db, tmp_path, buffer_size=1)
-    queued = Execution(decision(1), 1.0, None, None)
+    queued = flat.execution(decision(1), 1.0, None, None)
     assert collector.offer(queued)
     enqueued = anyio.Event()
 
     async def enqueue_one_more() -> None:
-        await collector.enqueue(Execution(decision(2), 0.0, None, None))
+        await collector.enqueue(flat.execution(decision(2), 0.0, None, None))
         enqueued.set()
 
     async with running(collector), anyio.create_task_group() as tg:

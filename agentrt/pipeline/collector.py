@@ -23,22 +23,22 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, cast
+from typing import Literal, cast
 
 import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from agentrt.errors import BackpressureError, StorageError
-from agentrt.ids import new_id
+from agentrt.ids import uuid_from_int
 from agentrt.log import get_logger
 from agentrt.pipeline.spill import ExperienceRecord, SpillDirectory, SpillFile
 from agentrt.schemas import Decision, Episode, Feedback, Knowledge
-from agentrt.storage import bulk, repositories
+from agentrt.storage import bulk, flat, repositories
 from agentrt.storage.engine import Database
 from agentrt.types import ExperienceBatch, Processor
 
-__all__ = ["CollectorStats", "Execution", "ExperienceCollector", "KnownDecisions"]
+__all__ = ["CollectorStats", "ExperienceCollector", "KnownDecisions"]
 
 log = get_logger(__name__)
 
@@ -99,6 +99,10 @@ class KnownDecisions:
         found = self._young.get(key)
         return found if found is not None else self._old.get(key)
 
+    def has_int(self, key: int) -> bool:
+        """Whether the id whose 128-bit integer is ``key`` is known."""
+        return key in self._young or key in self._old
+
     def __contains__(self, decision_id: object) -> bool:
         if not isinstance(decision_id, uuid.UUID):
             return False
@@ -115,65 +119,52 @@ class _Waiter:
     error: BaseException | None = None
 
 
-class Execution(NamedTuple):
-    """A finished execution as ``record()`` reports it: its decision and its reward.
-
-    The collector builds the reward's :class:`Feedback` (a new id, the decision's
-    ``created_at``) when it takes the execution from the buffer: while the execution waits
-    there, it holds one object fewer per call than the (decision, feedback) pair would, and
-    the hot path's objects are what the garbage collector's collections cost.
-    """
-
-    decision: Decision
-    reward: float
-    outcome: dict[str, Any] | None
-    source: str | None
-
-    def records(self) -> tuple[Decision, Feedback]:
-        decision = self.decision
-        feedback = Feedback.trusted(
-            id=new_id(),
-            decision_id=decision.id,
-            kind="reward",
-            reward=self.reward,
-            outcome=self.outcome,
-            source=self.source,
-            created_at=decision.created_at,
-        )
-        return decision, feedback
-
-
 # What the stream carries. Buffered calls send their records without a wrapper: the caller's
-# own tuple, one record, or an Execution.
-_Entry = tuple[ExperienceRecord, ...] | ExperienceRecord | Execution | _Waiter
+# own tuple of models, one model, or a flat record (agentrt.storage.flat) from record() and
+# reward().
+_Records = tuple[ExperienceRecord, ...] | ExperienceRecord | flat.FlatRecord
+_Entry = _Records | _Waiter
 
 
-def _count(entry: tuple[ExperienceRecord, ...] | ExperienceRecord | Execution) -> int:
-    if isinstance(entry, Execution):
-        return 2
-    return len(entry) if isinstance(entry, tuple) else 1
+def _count(entry: _Records) -> int:
+    if isinstance(entry, tuple):
+        return flat.size(entry) if flat.is_flat(entry) else len(entry)
+    return 1
 
 
 @dataclass(slots=True)
 class _Batch:
     records: list[ExperienceRecord] = field(default_factory=list)
+    flat: list[flat.FlatRecord] = field(default_factory=list)
     waiters: list[_Waiter] = field(default_factory=list)
+    size: int = 0  # records, flat ones included
 
     def add(self, entry: _Entry) -> int:
         """Take an entry's records; returns how many."""
-        if isinstance(entry, Execution):
-            self.records += entry.records()
-            return 2
-        if isinstance(entry, tuple):
-            records = cast("tuple[ExperienceRecord, ...]", entry)  # not an Execution (above)
-            self.records += records
-            return len(records)
-        if isinstance(entry, _Waiter):
+        count = 1
+        if type(entry) is tuple:
+            if entry and type(entry[0]) is str:  # flat.is_flat(), inline: once per record
+                self.flat.append(entry)
+                count = 2 if entry[0] is flat.EXECUTION else 1
+            else:
+                self.records += entry
+                count = len(entry)
+        elif isinstance(entry, _Waiter):
             self.waiters.append(entry)
             self.records += entry.records
-            return len(entry.records)
-        self.records.append(entry)
-        return 1
+            count = len(entry.records)
+        else:
+            self.records.append(cast("ExperienceRecord", entry))
+        self.size += count
+        return count
+
+    def materialize(self) -> list[ExperienceRecord]:
+        """Every record of the batch as a model; the flat ones become models for good."""
+        if self.flat:
+            for entry in self.flat:
+                self.records += flat.records_of(entry)
+            self.flat = []
+        return self.records
 
     @property
     def urgent(self) -> bool:
@@ -197,14 +188,16 @@ class _Prepared:
     def join(self, other: _Prepared) -> None:
         """Take ``other``'s records into this batch (one transaction for both)."""
         self.batch.records += other.batch.records
+        self.batch.flat += other.batch.flat
         self.batch.waiters += other.batch.waiters
+        self.batch.size += other.batch.size
         if self.encoded is None or other.encoded is None:
             self.encoded = None
         else:
             self.encoded = bulk.join_encoded(self.encoded, other.encoded)
 
     def __len__(self) -> int:
-        return len(self.batch.records)
+        return self.batch.size
 
 
 class ExperienceCollector:
@@ -256,7 +249,7 @@ class ExperienceCollector:
 
     # -- the hot path --------------------------------------------------------------------
 
-    def offer(self, records: tuple[ExperienceRecord, ...] | ExperienceRecord | Execution) -> bool:
+    def offer(self, records: _Records) -> bool:
         """Enqueue records (a tuple of them, one record, or an execution) if there is room now
         (no await: the cheapest path).
 
@@ -280,9 +273,7 @@ class ExperienceCollector:
         self.stats.enqueued += _count(records)
         return True
 
-    async def enqueue(
-        self, entry: tuple[ExperienceRecord, ...] | ExperienceRecord | Execution
-    ) -> None:
+    async def enqueue(self, entry: _Records) -> None:
         """Enqueue an entry as :meth:`offer` takes it and return (buffered mode), waiting for
         room if ``block``."""
         if self.offer(entry):
@@ -335,7 +326,7 @@ class ExperienceCollector:
                 batch.add(self._receive.receive_nowait())
             except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
                 break
-        records = batch.records
+        records = batch.materialize()
         if records:
             self._spill(records)
         batch.settle()
@@ -384,11 +375,11 @@ class ExperienceCollector:
             while True:
                 if held is None:
                     batch, closed = await self._next_batch()
-                    if batch.records or batch.waiters:
+                    if batch.size or batch.waiters:
                         held = self._prepare(batch)
                 elif not closed and len(held) < self.write_limit and self.buffered:
                     batch, closed = self._take_waiting(self.write_limit - len(held))
-                    if batch.records or batch.waiters:
+                    if batch.size or batch.waiters:
                         held.join(self._prepare(batch))
                 if held is not None:
                     try:
@@ -403,7 +394,7 @@ class ExperienceCollector:
         except anyio.get_cancelled_exc_class():
             # Not handed over (a cancelled send delivers nothing): keep it on disk.
             if held is not None:
-                self._spill(held.batch.records)
+                self._spill(held.batch.materialize())
                 held.batch.settle()
             raise
 
@@ -457,21 +448,20 @@ class ExperienceCollector:
         return None
 
     def _prepare(self, batch: _Batch) -> _Prepared:
-        batch.records = self._process(batch.records)
+        if self.processors:
+            batch.records = self._process(batch.materialize())
+            batch.size = len(batch.records)
         try:
-            encoded: bulk.EncodedBatch | None = self._encode(batch.records)
+            encoded: bulk.EncodedBatch | None = self._encode(batch.records, batch.flat)
         except StorageError as exc:
-            log.error(
-                "batch_refused", stage="collector", error=str(exc), records=len(batch.records)
-            )
+            log.error("batch_refused", stage="collector", error=str(exc), records=batch.size)
             encoded = None
         return _Prepared(batch, encoded)
 
     async def _write(self, prepared: _Prepared) -> None:
         batch, encoded = prepared.batch, prepared.encoded
-        records = batch.records
         if encoded is None:
-            await self._insert_one_by_one(records, batch)
+            await self._insert_one_by_one(batch.materialize(), batch)
             return
         backoff = _BACKOFF_START
         fresh = True
@@ -480,19 +470,19 @@ class ExperienceCollector:
                 await self._writer.write_encoded(encoded, fresh=fresh)
             except anyio.get_cancelled_exc_class():
                 # Shutdown ran out of time mid-write: keep the batch on disk (replay is idempotent).
-                self._spill(records)
+                self._spill(batch.materialize())
                 batch.settle()
                 raise
             except StorageError as exc:
                 if not exc.transient:
                     log.error(
-                        "batch_refused", stage="collector", error=str(exc), records=len(records)
+                        "batch_refused", stage="collector", error=str(exc), records=batch.size
                     )
-                    await self._insert_one_by_one(records, batch)
+                    await self._insert_one_by_one(batch.materialize(), batch)
                     return
                 self._note_outage(exc)
                 if self._closing or self.buffered >= self.buffer_size:
-                    self._spill(records)
+                    self._spill(batch.materialize())
                     batch.settle()
                     return
                 self.stats.retries += 1
@@ -501,12 +491,12 @@ class ExperienceCollector:
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
                 continue
-            self.stats.written += len(records)
+            self.stats.written += batch.size
             self.stats.batches += 1
             # Before settling, so that a flush returns with the batch's knowledge rows, orphan
             # counts and any spill replay done too.
             await self._write_knowledge()
-            await self._after_commit(records)
+            await self._after_commit(batch)
             batch.settle()
             return
 
@@ -535,7 +525,9 @@ class ExperienceCollector:
                 )
         return [*batch.decisions, *batch.feedback, *batch.episodes]
 
-    def _encode(self, records: Sequence[ExperienceRecord]) -> bulk.EncodedBatch:
+    def _encode(
+        self, records: Sequence[ExperienceRecord], flat_records: Sequence[flat.FlatRecord] = ()
+    ) -> bulk.EncodedBatch:
         decisions: list[Decision] = []
         feedback: list[Feedback] = []
         episodes: list[Episode] = []
@@ -547,7 +539,7 @@ class ExperienceCollector:
                 feedback.append(record)  # type: ignore[arg-type]
             else:
                 episodes.append(record)  # type: ignore[arg-type]
-        return bulk.encode_batch(self.db.dialect, decisions, feedback, episodes)
+        return bulk.encode_batch(self.db.dialect, decisions, feedback, episodes, flat_records)
 
     async def _insert(self, records: Sequence[ExperienceRecord], *, fresh: bool) -> None:
         await self._writer.write_encoded(self._encode(records), fresh=fresh)
@@ -617,33 +609,37 @@ class ExperienceCollector:
                 "knowledge_not_recorded", stage="collector", rows=len(pending), error=str(exc)
             )
 
-    async def _after_commit(self, records: Sequence[ExperienceRecord]) -> None:
+    async def _after_commit(self, batch: _Batch) -> None:
         if self._outage_since is not None:
             seconds = anyio.current_time() - self._outage_since
             self._outage_since = None
             log.info("database_reachable", stage="collector", outage_seconds=round(seconds, 3))
             await self._replay_spill()
             await self._record_metric("collector_outage_seconds", seconds)
-        orphans = await self._count_orphans(records)
+        orphans = await self._count_orphans(batch)
         if orphans:
             self.stats.orphan_feedback += orphans
             log.warning("orphan_feedback", stage="collector", count=orphans)
             await self._record_metric("orphan_feedback", float(orphans))
 
-    async def _count_orphans(self, records: Sequence[ExperienceRecord]) -> int:
+    async def _count_orphans(self, batch: _Batch) -> int:
         # Decisions made through the runtime are known from decide() on; replayed ones not.
+        # A flat execution's reward is for its own decision, known since record().
         known = self.known
         rewarded: list[uuid.UUID] = []
-        for record in records:
+        for record in batch.records:
             if isinstance(record, Feedback):
                 rewarded.append(record.decision_id)
             elif isinstance(record, Decision) and record.id not in known:
                 known.add(record.id, record.agent_id, record.mode)
-        unknown = list({decision_id for decision_id in rewarded if decision_id not in known})
+        unknown = {decision_id for decision_id in rewarded if decision_id not in known}
+        for entry in batch.flat:
+            if entry[0] is flat.FEEDBACK and not known.has_int(entry[2]):
+                unknown.add(uuid_from_int(entry[2]))
         if not unknown:
             return 0
         try:
-            found = await bulk.existing_decision_ids(self.db, unknown)
+            found = await bulk.existing_decision_ids(self.db, list(unknown))
         except StorageError as exc:
             log.warning("orphan_check_failed", stage="collector", error=str(exc))
             return 0

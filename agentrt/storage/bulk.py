@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agentrt.errors import StorageError
 from agentrt.schemas import Decision, Episode, Feedback
+from agentrt.storage import flat
 from agentrt.storage.engine import Database, storage_errors
 from agentrt.storage.tables import DecisionRow
 
@@ -117,63 +118,55 @@ def _sqlite_time(value: datetime | None) -> str | None:
     return value.isoformat(" ", "microseconds")[:26]
 
 
-def _uuid_hex(value: uuid.UUID | None) -> str | None:
-    return None if value is None else f"{value.int:032x}"
+def _hex(value: int | None) -> str | None:
+    return None if value is None else f"{value:032x}"
 
 
 def _json(value: object) -> str | None:
     return None if value is None else _dumps(value)
 
 
-def _sqlite_decision(d: Decision, encode: _Encoder | None = None) -> tuple[object, ...]:
-    encode = encode or _Encoder()
+def _same(value: datetime) -> datetime:
+    return value
+
+
+_Time = Callable[[datetime], object]
+
+
+# Rows are built from the flat values of agentrt.storage.flat (a model's values are flattened
+# first). PostgreSQL rows carry ids as hex text too, which asyncpg parses in C: a uuid.UUID
+# costs a call of its Python ``bytes`` property per id.
+
+
+def _decision_row(time: _Time, encode: _Encoder, values: tuple[Any, ...]) -> tuple[object, ...]:
+    (
+        id_, agent_id, episode_id, step, created_at, context, actions, action, action_index,
+        propensity, probabilities, policy_version, exploration, mode, policy_action,
+    ) = values  # fmt: skip
     return (
-        f"{d.id.int:032x}", d.agent_id, _uuid_hex(d.episode_id), d.step,
-        encode.sqlite_time(d.created_at), _dumps(d.context), encode.actions(d.actions), d.action,
-        d.action_index, d.propensity, _json(d.probabilities), d.policy_version,
-        _json(d.exploration), d.mode, d.policy_action,
+        f"{id_:032x}", agent_id, _hex(episode_id), step, time(created_at), _dumps(context),
+        encode.actions(actions), action, action_index, propensity, _json(probabilities),
+        policy_version, _json(exploration), mode, policy_action,
     )  # fmt: skip
 
 
-def _sqlite_feedback(f: Feedback, encode: _Encoder | None = None) -> tuple[object, ...]:
-    encode = encode or _Encoder()
+def _feedback_row(time: _Time, values: tuple[Any, ...]) -> tuple[object, ...]:
+    id_, decision_id, kind, reward, outcome, source, created_at = values
     return (
-        f"{f.id.int:032x}", f"{f.decision_id.int:032x}", f.kind, f.reward, _json(f.outcome),
-        f.source, encode.sqlite_time(f.created_at),
+        f"{id_:032x}", f"{decision_id:032x}", kind, reward, _json(outcome), source,
+        time(created_at),
     )  # fmt: skip
 
 
-def _sqlite_episode(e: Episode, encode: _Encoder | None = None) -> tuple[object, ...]:
+def _episode_row(sqlite: bool, e: Episode) -> tuple[object, ...]:
+    started, ended = (
+        (_sqlite_time(e.started_at), _sqlite_time(e.ended_at))
+        if sqlite
+        else (e.started_at, e.ended_at)
+    )
     return (
-        f"{e.id.int:032x}", e.agent_id, _sqlite_time(e.started_at), _sqlite_time(e.ended_at),
-        e.status, e.episode_return, e.length, e.error,
-    )  # fmt: skip
-
-
-# PostgreSQL rows carry ids as hex text, which asyncpg parses in C: a uuid.UUID costs a call of
-# its Python ``bytes`` property per id, and keeps the row tuple tracked by the cyclic collector.
-
-
-def _pg_decision(d: Decision, encode: _Encoder | None = None) -> tuple[object, ...]:
-    encode = encode or _Encoder()
-    return (
-        f"{d.id.int:032x}", d.agent_id, _uuid_hex(d.episode_id), d.step, d.created_at,
-        _dumps(d.context), encode.actions(d.actions), d.action, d.action_index, d.propensity,
-        _json(d.probabilities), d.policy_version, _json(d.exploration), d.mode, d.policy_action,
-    )  # fmt: skip
-
-
-def _pg_feedback(f: Feedback, encode: _Encoder | None = None) -> tuple[object, ...]:
-    return (
-        f"{f.id.int:032x}", f"{f.decision_id.int:032x}", f.kind, f.reward, _json(f.outcome),
-        f.source, f.created_at,
-    )  # fmt: skip
-
-
-def _pg_episode(e: Episode, encode: _Encoder | None = None) -> tuple[object, ...]:
-    return (
-        f"{e.id.int:032x}", e.agent_id, e.started_at, e.ended_at, e.status, e.episode_return,
-        e.length, e.error,
+        f"{e.id.int:032x}", e.agent_id, started, ended, e.status, e.episode_return, e.length,
+        e.error,
     )  # fmt: skip
 
 
@@ -244,22 +237,10 @@ async def _sqlite_write(driver: Any, encoded: EncodedBatch) -> None:
     await driver.commit()
 
 
-_Encode = Callable[[Any, _Encoder], tuple[object, ...]]
-_Plan = tuple[tuple[str, Sequence[str], _Encode, int], ...]
-_SQLITE_PLAN: _Plan = (
-    ("decisions", DECISION_COLUMNS, _sqlite_decision, 0),
-    ("feedback", FEEDBACK_COLUMNS, _sqlite_feedback, 1),
-    ("episodes", EPISODE_COLUMNS, _sqlite_episode, 2),
-)
-_PG_PLAN: _Plan = (
-    ("decisions", DECISION_COLUMNS, _pg_decision, 0),
-    ("feedback", FEEDBACK_COLUMNS, _pg_feedback, 1),
-    ("episodes", EPISODE_COLUMNS, _pg_episode, 2),
-)
-
-
 EncodedBatch = list[tuple[str, Sequence[str], list[tuple[object, ...]]]]
 """A batch as its driver takes it: (table, columns, rows) per table that has rows."""
+
+_TABLE_ORDER = {"decisions": 0, "feedback": 1, "episodes": 2}
 
 
 def encode_batch(
@@ -267,23 +248,38 @@ def encode_batch(
     decisions: Sequence[Decision],
     feedback: Sequence[Feedback],
     episodes: Sequence[Episode] = (),
+    flat_records: Sequence[flat.FlatRecord] = (),
 ) -> EncodedBatch:
-    """Encode a batch for :meth:`ExperienceWriter.write_encoded`.
+    """Encode a batch for :meth:`ExperienceWriter.write_encoded`: models, and the flat records
+    of :mod:`agentrt.storage.flat` (the same rows as their models would give).
 
     Raises:
         StorageError: a record's JSON fields cannot be stored (not transient).
     """
-    groups: tuple[Sequence[Any], ...] = (decisions, feedback, episodes)
-    plan = _SQLITE_PLAN if dialect == "sqlite" else _PG_PLAN
+    sqlite = dialect == "sqlite"
     encoder = _Encoder()
+    time: _Time = encoder.sqlite_time if sqlite else _same
     try:
-        return [
-            (table, columns, [encode(r, encoder) for r in groups[index]])
-            for table, columns, encode, index in plan
-            if groups[index]
-        ]
+        decision_rows = [_decision_row(time, encoder, flat.decision_values(d)) for d in decisions]
+        feedback_rows = [_feedback_row(time, flat.feedback_values(f)) for f in feedback]
+        for entry in flat_records:
+            if entry[0] is flat.EXECUTION:
+                decision_rows.append(_decision_row(time, encoder, entry[1:16]))
+                feedback_rows.append(_feedback_row(time, entry[16:23]))
+            else:
+                feedback_rows.append(_feedback_row(time, entry[1:8]))
+        episode_rows = [_episode_row(sqlite, e) for e in episodes]
     except (TypeError, ValueError) as exc:
         raise StorageError(f"a record cannot be stored as JSON: {exc}", transient=False) from exc
+    return [
+        (table, columns, rows)
+        for table, columns, rows in (
+            ("decisions", DECISION_COLUMNS, decision_rows),
+            ("feedback", FEEDBACK_COLUMNS, feedback_rows),
+            ("episodes", EPISODE_COLUMNS, episode_rows),
+        )
+        if rows
+    ]
 
 
 def join_encoded(first: EncodedBatch, second: EncodedBatch) -> EncodedBatch:
@@ -294,10 +290,11 @@ def join_encoded(first: EncodedBatch, second: EncodedBatch) -> EncodedBatch:
             rows[table][1].extend(table_rows)
         else:
             rows[table] = (columns, list(table_rows))
-    order = {table: index for index, (table, _, _, _) in enumerate(_SQLITE_PLAN)}
     return [
         (table, columns, table_rows)
-        for table, (columns, table_rows) in sorted(rows.items(), key=lambda item: order[item[0]])
+        for table, (columns, table_rows) in sorted(
+            rows.items(), key=lambda item: _TABLE_ORDER[item[0]]
+        )
     ]
 
 

@@ -1,0 +1,130 @@
+"""Records as the collector buffers them for ``record()`` and ``reward()``: plain tuples.
+
+Both calls return a pydantic model, but what they leave in the buffer is a tuple of the model's
+values in the column order of its table (ids as integers), after a kind tag; the model the
+application drops is freed at once. A buffered model is four objects that the cyclic garbage
+collector tracks (the model, its ``__dict__``, its UUID and the wrapper that carries the
+reward) and walks at every collection until the batch is written; under load they reach the
+oldest generation and trigger full collections of the whole heap. The tail latency of these
+calls was the garbage collector's. A flat record is one tracked object (the tuple: its values
+are numbers, strings, datetimes and dicts and tuples of those, which are not tracked), and a
+recorded execution's ``{"method": "recorded"}`` is one shared dict.
+
+The collector encodes these tuples for the driver directly
+(:func:`agentrt.storage.bulk.encode_batch`) and turns them back into models only where models
+are needed: processors, the spill file and a record-by-record write.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from agentrt.ids import new_id_int, uuid_from_int
+from agentrt.schemas import Decision, Feedback
+
+__all__ = [
+    "EXECUTION",
+    "FEEDBACK",
+    "FlatRecord",
+    "decision_values",
+    "execution",
+    "feedback",
+    "feedback_values",
+    "is_flat",
+    "records_of",
+]
+
+EXECUTION = "execution"  # the decision's 15 values, then its reward's 7
+FEEDBACK = "feedback"  # a reward's (or an activation's) 7 values
+
+_RECORDED = {"method": "recorded"}  # shared: never handed out (models get a copy)
+
+FlatRecord = tuple[Any, ...]
+"""A kind tag (:data:`EXECUTION` or :data:`FEEDBACK`) and the values that follow it."""
+
+
+def decision_values(d: Decision) -> tuple[Any, ...]:
+    """A decision's values in the order of ``bulk.DECISION_COLUMNS`` (ids as integers)."""
+    return (
+        d.id.int, d.agent_id, None if d.episode_id is None else d.episode_id.int, d.step,
+        d.created_at, d.context, d.actions, d.action, d.action_index, d.propensity,
+        d.probabilities, d.policy_version, d.exploration, d.mode, d.policy_action,
+    )  # fmt: skip
+
+
+def feedback_values(f: Feedback) -> tuple[Any, ...]:
+    """A feedback's values in the order of ``bulk.FEEDBACK_COLUMNS`` (ids as integers)."""
+    return (f.id.int, f.decision_id.int, f.kind, f.reward, f.outcome, f.source, f.created_at)
+
+
+def execution(
+    decision: Decision, reward: float, outcome: dict[str, Any] | None, source: str | None
+) -> FlatRecord:
+    """A recorded execution: the decision and its reward (a new id, the decision's time)."""
+    values = decision_values(decision)
+    if values[12] == _RECORDED:
+        values = (*values[:12], _RECORDED, *values[13:])
+    return (
+        EXECUTION, *values,
+        new_id_int(), decision.id.int, "reward", reward, outcome, source, decision.created_at,
+    )  # fmt: skip
+
+
+def feedback(f: Feedback) -> FlatRecord:
+    return (FEEDBACK, *feedback_values(f))
+
+
+def is_flat(entry: object) -> bool:
+    """Whether a buffered entry is a flat record (a tuple of records starts with a model)."""
+    return type(entry) is tuple and bool(entry) and type(entry[0]) is str
+
+
+def size(entry: FlatRecord) -> int:
+    """How many records a flat entry holds."""
+    return 2 if entry[0] is EXECUTION else 1
+
+
+def records_of(entry: FlatRecord) -> list[Decision | Feedback]:
+    """The models a flat entry stands for (the same ids every time)."""
+    if entry[0] is EXECUTION:
+        return [_decision(entry[1:16]), _feedback(entry[16:23])]
+    return [_feedback(entry[1:8])]
+
+
+def _decision(values: tuple[Any, ...]) -> Decision:
+    (
+        id_, agent_id, episode_id, step, created_at, context, actions, action, action_index,
+        propensity, probabilities, policy_version, exploration, mode, policy_action,
+    ) = values  # fmt: skip
+    return Decision.trusted(
+        id=uuid_from_int(id_),
+        agent_id=agent_id,
+        action=action,
+        action_index=action_index,
+        actions=actions,
+        context=context,
+        propensity=propensity,
+        probabilities=probabilities,
+        policy_version=policy_version,
+        exploration=None if exploration is None else dict(exploration),
+        mode=mode,
+        episode_id=None if episode_id is None else uuid_from_int(episode_id),
+        step=step,
+        policy_action=policy_action,
+        created_at=created_at,
+    )
+
+
+def _feedback(values: tuple[Any, ...]) -> Feedback:
+    id_, decision_id, kind, reward, outcome, source, created_at = values
+    moment: datetime = created_at
+    return Feedback.trusted(
+        id=uuid_from_int(id_),
+        decision_id=uuid_from_int(decision_id),
+        kind=kind,
+        reward=reward,
+        outcome=outcome,
+        source=source,
+        created_at=moment,
+    )
