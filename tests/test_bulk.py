@@ -414,7 +414,9 @@ def test_a_buffered_execution_is_one_object_for_the_garbage_collector() -> None:
     assert [value for entry in entries for value in entry if gc.is_tracked(value)] == []
     # One dict for every recorded execution's exploration, never handed out.
     assert entries[0][13] is flat.execution(made, 0.0, None, None)[13]
-    assert flat.records_of(entries[0])[0].exploration is not entries[0][13]
+    copy = flat.records_of(entries[0])[0]
+    assert isinstance(copy, Decision)
+    assert copy.exploration is not entries[0][13]
 
 
 # -- large batches -------------------------------------------------------------------------
