@@ -1369,19 +1369,27 @@ class Runtime(AsyncContextManagerMixin):
             policy_action=None,
             created_at=now,
         )
-        # Buffered as plain values (agentrt.storage.flat): the Decision returned here is not
-        # held by the buffer, so the garbage collector's collections do not walk it.
-        execution = flat.execution(
-            decision,
-            check_reward(reward),
-            check_outcome(outcome, self._max_bytes),
-            _check_source(source),
-        )
+        value = check_reward(reward)
+        checked_outcome = check_outcome(outcome, self._max_bytes)
+        checked_source = _check_source(source)
         collector = self.collector
         if self._sync:
-            await collector.submit_and_wait(*flat.records_of(execution))
-        elif not collector.offer(execution):
-            await collector.enqueue(execution)
+            feedback = Feedback.trusted(
+                id=new_id(),
+                decision_id=decision.id,
+                kind="reward",
+                reward=value,
+                outcome=checked_outcome,
+                source=checked_source,
+                created_at=now,
+            )
+            await collector.submit_and_wait(decision, feedback)
+        else:
+            # Buffered as plain values (agentrt.storage.flat): the Decision returned here is
+            # not held by the buffer, so the garbage collector's collections do not walk it.
+            execution = flat.execution(decision, value, checked_outcome, checked_source)
+            if not collector.offer(execution):
+                await collector.enqueue(execution)
         self._known.add(decision.id, agent_id, "live")
         return decision
 
