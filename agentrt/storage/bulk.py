@@ -38,9 +38,13 @@ from agentrt.errors import StorageError
 from agentrt.schemas import Decision, Episode, Feedback
 from agentrt.storage import flat
 from agentrt.storage.engine import Database, storage_errors
+from agentrt.storage.flat import DECISION_COLUMNS, FEEDBACK_COLUMNS
 from agentrt.storage.tables import DecisionRow
 
 __all__ = [
+    "DECISION_COLUMNS",
+    "EPISODE_COLUMNS",
+    "FEEDBACK_COLUMNS",
     "EncodedBatch",
     "ExperienceWriter",
     "encode_batch",
@@ -72,12 +76,6 @@ def _has_non_finite(value: object) -> bool:
     return False
 
 
-DECISION_COLUMNS = (
-    "id", "agent_id", "episode_id", "step", "created_at", "context", "actions", "action",
-    "action_index", "propensity", "probabilities", "policy_version", "exploration", "mode",
-    "policy_action",
-)  # fmt: skip
-FEEDBACK_COLUMNS = ("id", "decision_id", "kind", "reward", "outcome", "source", "created_at")
 EPISODE_COLUMNS = (
     "id", "agent_id", "started_at", "ended_at", "status", "episode_return", "length", "error",
 )  # fmt: skip

@@ -17,15 +17,16 @@ are needed: processors, the spill file and a record-by-record write.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from agentrt.ids import new_id_int, uuid_from_int
 from agentrt.schemas import Decision, Feedback
 
 __all__ = [
+    "DECISION_COLUMNS",
     "EXECUTION",
     "FEEDBACK",
+    "FEEDBACK_COLUMNS",
     "FlatRecord",
     "decision_values",
     "execution",
@@ -34,6 +35,13 @@ __all__ = [
     "is_flat",
     "records_of",
 ]
+
+DECISION_COLUMNS = (
+    "id", "agent_id", "episode_id", "step", "created_at", "context", "actions", "action",
+    "action_index", "propensity", "probabilities", "policy_version", "exploration", "mode",
+    "policy_action",
+)  # fmt: skip
+FEEDBACK_COLUMNS = ("id", "decision_id", "kind", "reward", "outcome", "source", "created_at")
 
 EXECUTION = "execution"  # the decision's 15 values, then its reward's 7
 FEEDBACK = "feedback"  # a reward's (or an activation's) 7 values
@@ -45,7 +53,7 @@ FlatRecord = tuple[Any, ...]
 
 
 def decision_values(d: Decision) -> tuple[Any, ...]:
-    """A decision's values in the order of ``bulk.DECISION_COLUMNS`` (ids as integers)."""
+    """A decision's values in the order of :data:`DECISION_COLUMNS` (ids as integers)."""
     return (
         d.id.int, d.agent_id, None if d.episode_id is None else d.episode_id.int, d.step,
         d.created_at, d.context, d.actions, d.action, d.action_index, d.propensity,
@@ -54,7 +62,7 @@ def decision_values(d: Decision) -> tuple[Any, ...]:
 
 
 def feedback_values(f: Feedback) -> tuple[Any, ...]:
-    """A feedback's values in the order of ``bulk.FEEDBACK_COLUMNS`` (ids as integers)."""
+    """A feedback's values in the order of :data:`FEEDBACK_COLUMNS` (ids as integers)."""
     return (f.id.int, f.decision_id.int, f.kind, f.reward, f.outcome, f.source, f.created_at)
 
 
@@ -93,38 +101,21 @@ def records_of(entry: FlatRecord) -> list[Decision | Feedback]:
 
 
 def _decision(values: tuple[Any, ...]) -> Decision:
-    (
-        id_, agent_id, episode_id, step, created_at, context, actions, action, action_index,
-        propensity, probabilities, policy_version, exploration, mode, policy_action,
-    ) = values  # fmt: skip
-    return Decision.trusted(
-        id=uuid_from_int(id_),
-        agent_id=agent_id,
-        action=action,
-        action_index=action_index,
-        actions=actions,
-        context=context,
-        propensity=propensity,
-        probabilities=probabilities,
-        policy_version=policy_version,
-        exploration=None if exploration is None else dict(exploration),
-        mode=mode,
-        episode_id=None if episode_id is None else uuid_from_int(episode_id),
-        step=step,
-        policy_action=policy_action,
-        created_at=created_at,
-    )
+    fields = _fields(DECISION_COLUMNS, values, ("id", "episode_id"))
+    if fields["exploration"] is not None:
+        fields["exploration"] = dict(fields["exploration"])  # never the shared one
+    return Decision.trusted(**fields)
 
 
 def _feedback(values: tuple[Any, ...]) -> Feedback:
-    id_, decision_id, kind, reward, outcome, source, created_at = values
-    moment: datetime = created_at
-    return Feedback.trusted(
-        id=uuid_from_int(id_),
-        decision_id=uuid_from_int(decision_id),
-        kind=kind,
-        reward=reward,
-        outcome=outcome,
-        source=source,
-        created_at=moment,
-    )
+    return Feedback.trusted(**_fields(FEEDBACK_COLUMNS, values, ("id", "decision_id")))
+
+
+def _fields(
+    names: tuple[str, ...], values: tuple[Any, ...], ids: tuple[str, ...]
+) -> dict[str, Any]:
+    fields = dict(zip(names, values, strict=True))
+    for name in ids:
+        if fields[name] is not None:
+            fields[name] = uuid_from_int(fields[name])
+    return fields
