@@ -487,6 +487,19 @@ async def test_sqlite_writes_the_same_rows_through_public_driver_calls(
         await database.dispose()
 
 
+async def test_the_installed_aiosqlite_takes_a_batch_in_one_call(sqlite_url: str) -> None:
+    """What the one-call path uses is there (without it writes fall back to one call per
+    statement: the same rows, slower): an aiosqlite upgrade that removes it fails here."""
+    database = Database(DatabaseConfig(url=sqlite_url))
+    try:
+        async with database.connect() as connection:
+            driver = (await connection.get_raw_connection()).driver_connection
+            assert callable(getattr(driver, "_execute", None))
+            assert isinstance(getattr(driver, "_connection", None), sqlite3.Connection)
+    finally:
+        await database.dispose()
+
+
 async def test_joined_batches_write_as_one(database: Database) -> None:
     first = [full_decision(0)]
     second = [bare_decision(1), bare_decision(2)]
