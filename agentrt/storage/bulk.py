@@ -129,6 +129,7 @@ def _same(value: datetime) -> datetime:
 
 
 _Time = Callable[[datetime], object]
+_RECORDED_TEXT = _dumps(flat.RECORDED)
 
 
 # Rows are built from the flat values of agentrt.storage.flat (a model's values are flattened
@@ -144,7 +145,8 @@ def _decision_row(time: _Time, encode: _Encoder, values: tuple[Any, ...]) -> tup
     return (
         f"{id_:032x}", agent_id, _hex(episode_id), step, time(created_at), _dumps(context),
         encode.actions(actions), action, action_index, propensity, _json(probabilities),
-        policy_version, _json(exploration), mode, policy_action,
+        policy_version, _RECORDED_TEXT if exploration is flat.RECORDED else _json(exploration),
+        mode, policy_action,
     )  # fmt: skip
 
 

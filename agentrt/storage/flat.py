@@ -27,6 +27,7 @@ __all__ = [
     "EXECUTION",
     "FEEDBACK",
     "FEEDBACK_COLUMNS",
+    "RECORDED",
     "FlatRecord",
     "decision_values",
     "execution",
@@ -34,6 +35,7 @@ __all__ = [
     "feedback_values",
     "is_flat",
     "records_of",
+    "size",
 ]
 
 DECISION_COLUMNS = (
@@ -46,7 +48,9 @@ FEEDBACK_COLUMNS = ("id", "decision_id", "kind", "reward", "outcome", "source", 
 EXECUTION = "execution"  # the decision's 15 values, then its reward's 7
 FEEDBACK = "feedback"  # a reward's (or an activation's) 7 values
 
-_RECORDED = {"method": "recorded"}  # shared: never handed out (models get a copy)
+RECORDED = {"method": "recorded"}
+"""The exploration of every buffered recorded execution: one shared dict, never handed out
+(models rebuilt from flat values get a copy)."""
 
 FlatRecord = tuple[Any, ...]
 """A kind tag (:data:`EXECUTION` or :data:`FEEDBACK`) and the values that follow it."""
@@ -71,8 +75,8 @@ def execution(
 ) -> FlatRecord:
     """A recorded execution: the decision and its reward (a new id, the decision's time)."""
     values = decision_values(decision)
-    if values[12] == _RECORDED:
-        values = (*values[:12], _RECORDED, *values[13:])
+    if values[12] == RECORDED:
+        values = (*values[:12], RECORDED, *values[13:])
     return (
         EXECUTION, *values,
         new_id_int(), decision.id.int, "reward", reward, outcome, source, decision.created_at,
