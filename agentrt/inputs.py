@@ -26,6 +26,8 @@ __all__ = [
     "check_outcome",
     "check_propensity",
     "check_reward",
+    "checked_context",
+    "checked_outcome",
 ]
 
 _MISSING = object()
@@ -71,6 +73,11 @@ def _plain_scalar(value: object) -> object:
 
 def check_context(context: object, max_bytes: int) -> dict[str, ContextValue]:
     """A context as a plain dict of JSON values, or InvalidInputError naming the bad entry."""
+    return checked_context(context, max_bytes)[0]
+
+
+def checked_context(context: object, max_bytes: int) -> tuple[dict[str, ContextValue], str]:
+    """:func:`check_context`, and the context's JSON text (computed for the size limit)."""
     if type(context) is not dict and not isinstance(context, Mapping):
         raise InvalidInputError(
             "context", context, "must be a mapping of names to numbers, booleans, strings or lists"
@@ -104,20 +111,27 @@ def check_context(context: object, max_bytes: int) -> dict[str, ContextValue]:
                 "must be a finite number, a boolean, a string, None, or a list of those "
                 "(integers within 64 bits)",
             )
-    size = len(orjson.dumps(out))
-    if size > max_bytes:
+    text = orjson.dumps(out)
+    if len(text) > max_bytes:
         raise InvalidInputError(
             "context",
-            f"<{size} bytes>",
+            f"<{len(text)} bytes>",
             f"is larger than runtime.max_context_bytes ({max_bytes}); send less or raise it",
         )
-    return out
+    return out, text.decode()
 
 
 def check_outcome(outcome: object, max_bytes: int, field: str = "outcome") -> dict[str, Any] | None:
     """An outcome mapping as plain JSON data (nested mappings become dicts) within the limit."""
+    return checked_outcome(outcome, max_bytes, field)[0]
+
+
+def checked_outcome(
+    outcome: object, max_bytes: int, field: str = "outcome"
+) -> tuple[dict[str, Any] | None, str | None]:
+    """:func:`check_outcome`, and the outcome's JSON text (computed for the size limit)."""
     if outcome is None:
-        return None
+        return None, None
     plain: object = _flat_plain(outcome)
     if plain is None:
         if not isinstance(outcome, Mapping):
@@ -130,12 +144,12 @@ def check_outcome(outcome: object, max_bytes: int, field: str = "outcome") -> di
                 outcome,
                 f"must hold only JSON values (finite numbers, strings, lists...): {exc}",
             ) from None
-    size = len(orjson.dumps(plain))
-    if size > max_bytes:
+    text = orjson.dumps(plain)
+    if len(text) > max_bytes:
         raise InvalidInputError(
-            field, f"<{size} bytes>", f"is larger than runtime.max_context_bytes ({max_bytes})"
+            field, f"<{len(text)} bytes>", f"is larger than runtime.max_context_bytes ({max_bytes})"
         )
-    return cast("dict[str, Any]", plain)
+    return cast("dict[str, Any]", plain), text.decode()
 
 
 def _flat_plain(outcome: object) -> dict[str, object] | None:

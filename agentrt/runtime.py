@@ -46,9 +46,10 @@ from agentrt.inputs import (
     check_decision_id,
     check_distribution,
     check_mask,
-    check_outcome,
     check_propensity,
     check_reward,
+    checked_context,
+    checked_outcome,
 )
 from agentrt.log import get_logger
 from agentrt.pipeline.adapter import StrategyAdapter, live_rewards, roll_back
@@ -1235,9 +1236,11 @@ class Runtime(AsyncContextManagerMixin):
         """
         decision_id = check_decision_id(decision)
         value = check_reward(reward)
-        result = check_outcome(outcome, self._max_bytes)
+        result, result_json = checked_outcome(outcome, self._max_bytes)
         checked_source = _check_source(source)
-        feedback = await self._feedback(decision_id, "reward", value, result, checked_source)
+        feedback = await self._feedback(
+            decision_id, "reward", value, result, checked_source, outcome_json=result_json
+        )
         if self._online and isinstance(decision, Decision) and decision.mode != "deferred":
             pending = self._online.get(decision.agent_id)
             if pending is not None:
@@ -1268,6 +1271,8 @@ class Runtime(AsyncContextManagerMixin):
         reward: float | None,
         outcome: dict[str, Any] | None,
         source: str | None,
+        *,
+        outcome_json: str | None = None,
     ) -> Feedback:
         if self._sync:
             await self._require_known(decision_id)
@@ -1284,7 +1289,7 @@ class Runtime(AsyncContextManagerMixin):
         if self._sync:
             await collector.submit_and_wait(feedback)
         else:
-            entry = flat.feedback(feedback)  # as record() does
+            entry = flat.feedback(feedback, outcome_json=outcome_json)  # as record() does
             if not collector.offer(entry):
                 await collector.enqueue(entry)
         return feedback
@@ -1352,13 +1357,14 @@ class Runtime(AsyncContextManagerMixin):
         if distribution is not None and known_propensity is None:
             known_propensity = distribution[index]
         now = self._clock()
+        plain_context, context_json = checked_context(context, self._max_bytes)
         decision = Decision.trusted(
             id=new_id(),
             agent_id=agent_id,
             action=action,
             action_index=index,
             actions=offered,
-            context=check_context(context, self._max_bytes),
+            context=plain_context,
             propensity=known_propensity,
             probabilities=distribution,
             policy_version=None,
@@ -1370,7 +1376,7 @@ class Runtime(AsyncContextManagerMixin):
             created_at=now,
         )
         value = check_reward(reward)
-        checked_outcome = check_outcome(outcome, self._max_bytes)
+        plain_outcome, outcome_json = checked_outcome(outcome, self._max_bytes)
         checked_source = _check_source(source)
         collector = self.collector
         if self._sync:
@@ -1379,7 +1385,7 @@ class Runtime(AsyncContextManagerMixin):
                 decision_id=decision.id,
                 kind="reward",
                 reward=value,
-                outcome=checked_outcome,
+                outcome=plain_outcome,
                 source=checked_source,
                 created_at=now,
             )
@@ -1387,7 +1393,14 @@ class Runtime(AsyncContextManagerMixin):
         else:
             # Buffered as plain values (agentrt.storage.flat): the Decision returned here is
             # not held by the buffer, so the garbage collector's collections do not walk it.
-            execution = flat.execution(decision, value, checked_outcome, checked_source)
+            execution = flat.execution(
+                decision,
+                value,
+                plain_outcome,
+                checked_source,
+                context_json=context_json,
+                outcome_json=outcome_json,
+            )
             if not collector.offer(execution):
                 await collector.enqueue(execution)
         self._known.add(decision.id, agent_id, "live")

@@ -400,23 +400,21 @@ def test_flat_records_encode_to_the_rows_of_their_models(dialect: str) -> None:
     assert encode_batch(dialect, [], [], flat_records=entries) == from_models
 
 
-def test_a_buffered_execution_is_one_object_for_the_garbage_collector() -> None:
-    """What record() and reward() buffer is one object the garbage collector tracks, not the
-    models they return (the hot path's tail latency depends on it)."""
-    made = bare_decision(0).model_copy(
-        update={"context": {"topic": "billing", "len": 3}, "exploration": {"method": "recorded"}}
-    )
+def test_a_buffered_execution_leaves_the_garbage_collectors_generations() -> None:
+    """What record() and reward() buffer is untracked at the next collection, whatever the
+    models they return hold (the hot path's tail latency depends on it)."""
+    made = full_decision(0)  # lists in its context, a nested exploration
     entries = [
-        flat.execution(made, 1.0, {"latency_ms": 12}, None),
-        flat.feedback(feedback_for(made, outcome={"latency_ms": 12})),
+        flat.execution(made, 1.0, {"latency_ms": 12, "path": ["x", 1]}, None),
+        flat.feedback(feedback_for(made)),
     ]
     gc.collect()
-    assert [value for entry in entries for value in entry if gc.is_tracked(value)] == []
-    # One dict for every recorded execution's exploration, never handed out.
-    assert entries[0][13] is flat.execution(made, 0.0, None, None)[13]
-    copy = flat.records_of(entries[0])[0]
-    assert isinstance(copy, Decision)
-    assert copy.exploration is not entries[0][13]
+    assert [gc.is_tracked(entry) for entry in entries] == [False, False]
+    # Rebuilt models are equal to the originals, and each has its own dicts.
+    rebuilt = flat.records_of(entries[0])[0]
+    assert rebuilt == made
+    assert isinstance(rebuilt, Decision)
+    assert rebuilt.exploration is not made.exploration
 
 
 # -- large batches -------------------------------------------------------------------------

@@ -129,12 +129,17 @@ def _same(value: datetime) -> datetime:
 
 
 _Time = Callable[[datetime], object]
-_RECORDED_TEXT = _dumps(flat.RECORDED)
+
+
+def _text(value: object) -> str | None:
+    """A JSON column's text: flat records carry it already (a str), models a dict."""
+    return value if value is None or type(value) is str else _dumps(value)
 
 
 # Rows are built from the flat values of agentrt.storage.flat (a model's values are flattened
-# first). PostgreSQL rows carry ids as hex text too, which asyncpg parses in C: a uuid.UUID
-# costs a call of its Python ``bytes`` property per id.
+# first; its JSON fields are then dicts, which are encoded here). PostgreSQL rows carry ids as
+# hex text too, which asyncpg parses in C: a uuid.UUID costs a call of its Python ``bytes``
+# property per id.
 
 
 def _decision_row(time: _Time, encode: _Encoder, values: tuple[Any, ...]) -> tuple[object, ...]:
@@ -143,17 +148,16 @@ def _decision_row(time: _Time, encode: _Encoder, values: tuple[Any, ...]) -> tup
         propensity, probabilities, policy_version, exploration, mode, policy_action,
     ) = values  # fmt: skip
     return (
-        f"{id_:032x}", agent_id, _hex(episode_id), step, time(created_at), _dumps(context),
+        f"{id_:032x}", agent_id, _hex(episode_id), step, time(created_at), _text(context),
         encode.actions(actions), action, action_index, propensity, _json(probabilities),
-        policy_version, _RECORDED_TEXT if exploration is flat.RECORDED else _json(exploration),
-        mode, policy_action,
+        policy_version, _text(exploration), mode, policy_action,
     )  # fmt: skip
 
 
 def _feedback_row(time: _Time, values: tuple[Any, ...]) -> tuple[object, ...]:
     id_, decision_id, kind, reward, outcome, source, created_at = values
     return (
-        f"{id_:032x}", f"{decision_id:032x}", kind, reward, _json(outcome), source,
+        f"{id_:032x}", f"{decision_id:032x}", kind, reward, _text(outcome), source,
         time(created_at),
     )  # fmt: skip
 

@@ -1,14 +1,15 @@
 """Records as the collector buffers them for ``record()`` and ``reward()``: plain tuples.
 
 Both calls return a pydantic model, but what they leave in the buffer is a tuple of the model's
-values in the column order of its table (ids as integers), after a kind tag; the model the
-application drops is freed at once. A buffered model is four objects that the cyclic garbage
-collector tracks (the model, its ``__dict__``, its UUID and the wrapper that carries the
-reward) and walks at every collection until the batch is written; under load they reach the
-oldest generation and trigger full collections of the whole heap. The tail latency of these
-calls was the garbage collector's. A flat record is one tracked object (the tuple: its values
-are numbers, strings, datetimes and dicts and tuples of those, which are not tracked), and a
-recorded execution's ``{"method": "recorded"}`` is one shared dict.
+values in the column order of its table, after a kind tag: ids as integers, and the JSON columns
+(context, exploration, outcome) as their JSON text, which the calls' input checks compute
+anyway to measure the size. The model the application drops is freed at once. A buffered model
+is four objects that the cyclic garbage collector tracks (the model, its ``__dict__``, its UUID
+and the wrapper that carries the reward) and walks at every collection until the batch is
+written; under load they reach the oldest generation and trigger full collections of the whole
+heap: the tail latency of these calls was the garbage collector's. A flat record holds only
+numbers, strings, datetimes and tuples of those, so the collector stops tracking it at its
+first collection: it never reaches the old generations.
 
 The collector encodes these tuples for the driver directly
 (:func:`agentrt.storage.bulk.encode_batch`) and turns them back into models only where models
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from agentrt.ids import new_id_int, uuid_from_int
 from agentrt.schemas import Decision, Feedback
 
@@ -27,7 +30,6 @@ __all__ = [
     "EXECUTION",
     "FEEDBACK",
     "FEEDBACK_COLUMNS",
-    "RECORDED",
     "FlatRecord",
     "decision_values",
     "execution",
@@ -48,9 +50,9 @@ FEEDBACK_COLUMNS = ("id", "decision_id", "kind", "reward", "outcome", "source", 
 EXECUTION = "execution"  # the decision's 15 values, then its reward's 7
 FEEDBACK = "feedback"  # a reward's (or an activation's) 7 values
 
-RECORDED = {"method": "recorded"}
-"""The exploration of every buffered recorded execution: one shared dict, never handed out
-(models rebuilt from flat values get a copy)."""
+_RECORDED = {"method": "recorded"}
+_RECORDED_JSON = '{"method":"recorded"}'
+_JSON_FIELDS = ("context", "exploration", "outcome")
 
 FlatRecord = tuple[Any, ...]
 """A kind tag (:data:`EXECUTION` or :data:`FEEDBACK`) and the values that follow it."""
@@ -71,20 +73,44 @@ def feedback_values(f: Feedback) -> tuple[Any, ...]:
 
 
 def execution(
-    decision: Decision, reward: float, outcome: dict[str, Any] | None, source: str | None
+    decision: Decision,
+    reward: float,
+    outcome: dict[str, Any] | None,
+    source: str | None,
+    *,
+    context_json: str | None = None,
+    outcome_json: str | None = None,
 ) -> FlatRecord:
-    """A recorded execution: the decision and its reward (a new id, the decision's time)."""
-    values = decision_values(decision)
-    if values[12] == RECORDED:
-        values = (*values[:12], RECORDED, *values[13:])
+    """A recorded execution: the decision and its reward (a new id, the decision's time).
+
+    ``context_json`` and ``outcome_json``: the JSON text of the decision's context and of the
+    outcome when the caller has it already (the input checks compute it).
+    """
+    d = decision
+    exploration = d.exploration
     return (
-        EXECUTION, *values,
-        new_id_int(), decision.id.int, "reward", reward, outcome, source, decision.created_at,
+        EXECUTION,
+        d.id.int, d.agent_id, None if d.episode_id is None else d.episode_id.int, d.step,
+        d.created_at, context_json if context_json is not None else _json(d.context),
+        d.actions, d.action, d.action_index, d.propensity, d.probabilities, d.policy_version,
+        _RECORDED_JSON if exploration == _RECORDED else _json(exploration), d.mode,
+        d.policy_action,
+        new_id_int(), d.id.int, "reward", reward,
+        outcome_json if outcome_json is not None else _json(outcome), source, d.created_at,
     )  # fmt: skip
 
 
-def feedback(f: Feedback) -> FlatRecord:
-    return (FEEDBACK, *feedback_values(f))
+def feedback(f: Feedback, *, outcome_json: str | None = None) -> FlatRecord:
+    """A reported reward (or activation); ``outcome_json`` as for :func:`execution`."""
+    return (
+        FEEDBACK, f.id.int, f.decision_id.int, f.kind, f.reward,
+        outcome_json if outcome_json is not None else _json(f.outcome), f.source, f.created_at,
+    )  # fmt: skip
+
+
+def _json(value: object) -> str | None:
+    """JSON text of a validated value (the models' JSON fields hold finite numbers only)."""
+    return None if value is None else orjson.dumps(value).decode()
 
 
 def is_flat(entry: object) -> bool:
@@ -105,10 +131,7 @@ def records_of(entry: FlatRecord) -> list[Decision | Feedback]:
 
 
 def _decision(values: tuple[Any, ...]) -> Decision:
-    fields = _fields(DECISION_COLUMNS, values, ("id", "episode_id"))
-    if fields["exploration"] is not None:
-        fields["exploration"] = dict(fields["exploration"])  # never the shared one
-    return Decision.trusted(**fields)
+    return Decision.trusted(**_fields(DECISION_COLUMNS, values, ("id", "episode_id")))
 
 
 def _feedback(values: tuple[Any, ...]) -> Feedback:
@@ -122,4 +145,7 @@ def _fields(
     for name in ids:
         if fields[name] is not None:
             fields[name] = uuid_from_int(fields[name])
+    for name in _JSON_FIELDS:
+        if type(fields.get(name)) is str:
+            fields[name] = orjson.loads(fields[name])
     return fields
