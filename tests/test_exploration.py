@@ -12,6 +12,7 @@ import importlib.util
 import math
 import random
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -366,13 +367,19 @@ def draw_scores(
     return scores, None if spreads is None else vector(*spreads)
 
 
-@settings(max_examples=400, deadline=None)
-@given(
-    strategy=any_strategy,
-    data=st.data(),
-    count=st.integers(1, 12),
-    dtype=st.sampled_from([np.float64, np.float32]),
-)
+def over_drawn_scores(test: Callable[..., None]) -> Callable[..., None]:
+    """A property test over a strategy and scores drawn by :func:`draw_scores`."""
+    return settings(max_examples=400, deadline=None)(
+        given(
+            strategy=any_strategy,
+            data=st.data(),
+            count=st.integers(1, 12),
+            dtype=st.sampled_from([np.float64, np.float32]),
+        )(test)
+    )
+
+
+@over_drawn_scores
 def test_no_mask_gives_exactly_the_numbers_of_an_all_true_mask(
     strategy: Strategy, data: st.DataObject, count: int, dtype: type[np.floating[Any]]
 ) -> None:
@@ -384,13 +391,7 @@ def test_no_mask_gives_exactly_the_numbers_of_an_all_true_mask(
     assert fast == masked
 
 
-@settings(max_examples=400, deadline=None)
-@given(
-    strategy=any_strategy,
-    data=st.data(),
-    count=st.integers(1, 12),
-    dtype=st.sampled_from([np.float64, np.float32]),
-)
+@over_drawn_scores
 def test_a_greedy_split_is_what_probabilities_gives(
     strategy: Strategy, data: st.DataObject, count: int, dtype: type[np.floating[Any]]
 ) -> None:
